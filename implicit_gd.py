@@ -1,0 +1,1222 @@
+"""implicit_gd: gradient descent on an infinite-depth ReLU implicit network, in NumPy.
+
+Reference implementation and correctness oracle of
+    T. Gao and H. Gao, "Gradient Descent Optimizes Infinite-Depth ReLU Implicit
+    Networks with Linear Widths", arXiv:2205.07463 (2022).
+
+    python implicit_gd.py demo      # train, certify, summarise: a few seconds
+    python -m pytest -q             # the test suite
+
+One file, NumPy only, read top to bottom: notation -> model and equilibrium
+solver -> implicit gradient -> gradient descent and gradient flow -> theory
+diagnostics -> golden vectors -> command line.
+
+Legend: N samples, d inputs, m width.
+    X (N, d) inputs, one sample per row      y (N,) targets
+    A (m, m) implicit weight                 W (m, d) input-injection weight
+    v (m,)   output weight                   gamma > 0 fixed scale (not trained)
+    Z (N, m) equilibrium features            H (N, m) pre-activations
+    r (N,)   residual yhat - y               G (N, m) masked adjoint, G = diag(r) U
+                                             U (N, m) adjoint per unit residual
+
+The model (theta = (A, W, v)):
+    H = gamma Z A^T + X W^T,   Z = relu(H),   yhat = Z v,   Phi = 0.5 ||yhat - y||^2
+
+ReLU'(h) = 1[h > 0]: zero at the kink, everywhere in this file.
+
+Some papers write the implicit layer as (gamma / sqrt(m)) A' with A'_ij ~ N(0, 1);
+that is this model with gamma -> gamma / sqrt(m), and every equation is unchanged.
+"""
+
+import argparse
+import json
+import math
+import numbers
+import sys
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+EPS = np.finfo(np.float64).eps
+PARAM_NAMES = ("A", "W", "v")
+
+
+class NotWellPosedError(ValueError):
+    """gamma * ||A||_2 >= 1: the equilibrium is not certified to exist or be unique."""
+
+
+class NotConvergedError(RuntimeError):
+    """A fixed-point solve reached max_iter before its certified error met tol.
+
+    Attributes: iterations (int), error_bound (float, the certified error reached).
+    """
+
+    def __init__(self, message, *, iterations, error_bound):
+        super().__init__(message)
+        self.iterations = iterations
+        self.error_bound = error_bound
+
+
+class TrainingError(RuntimeError):
+    """Training stopped early.
+
+    Attributes: step (the step that failed), reason (str), params (the last good
+    Params: the last whose loss and gradient were computed, history["loss"][-1];
+    the initial params if none was), history (the steps recorded so far).
+    """
+
+    def __init__(self, message, *, step, reason, params, history):
+        super().__init__(message)
+        self.step = step
+        self.reason = reason
+        self.params = params
+        self.history = history
+
+
+class Params(NamedTuple):
+    """The trained parameters theta = (A, W, v); also the container of their gradients."""
+
+    A: np.ndarray  # (m, m)
+    W: np.ndarray  # (m, d)
+    v: np.ndarray  # (m,)
+
+
+# ---- input checks (every public function checks before it works) ----
+
+
+def _array(name, x, ndim):
+    """x as a finite float64 array with ndim dimensions, or an error that names it."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    a = a.astype(np.float64, copy=False)  # never written to: inputs stay as they are
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} has non-finite entries (nan or inf)")
+    return a
+
+
+def _positive(name, x, integer=False):
+    """x as a positive finite float (or int), or an error that names it."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(x, bool) or not isinstance(x, kind):
+        what = "an integer" if integer else "a real number"
+        raise TypeError(f"{name} must be {what}, got {x!r}")
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{name} must be positive and finite, got {x!r}")
+    return int(x) if integer else float(x)
+
+
+def _check_params(params):
+    if not (isinstance(params, tuple) and len(params) == 3):
+        raise TypeError(f"params must be Params(A, W, v), got {type(params).__name__}")
+    A = _array("params.A", params[0], 2)
+    W = _array("params.W", params[1], 2)
+    v = _array("params.v", params[2], 1)
+    m = A.shape[0]
+    if A.shape != (m, m):
+        raise ValueError(f"params.A must be square (m, m), got shape {A.shape}")
+    if W.shape[0] != m:
+        raise ValueError(f"params.W must have shape (m, d) = ({m}, d), got {W.shape}")
+    if v.shape != (m,):
+        raise ValueError(f"params.v must have shape (m,) = ({m},), got {v.shape}")
+    return Params(A, W, v)
+
+
+def _check_X(X, d):
+    X = _array("X", X, 2)
+    if X.shape[1] != d:
+        raise ValueError(f"X must have shape (N, d) = (N, {d}) to match params.W, got {X.shape}")
+    return X
+
+
+def _check_y(y, N):
+    y = _array("y", y, 1)
+    if y.shape != (N,):
+        raise ValueError(f"y must have shape (N,) = ({N},) to match X, got {y.shape}")
+    return y
+
+
+def _check_start(name, U, shape):
+    if U is None:
+        return None
+    U = _array(name, U, 2)
+    if U.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {U.shape}")
+    return U
+
+
+def _check_train(train):
+    names = (train,) if isinstance(train, str) else tuple(train)
+    bad = [t for t in names if t not in PARAM_NAMES]
+    if bad or not names or len(set(names)) != len(names):
+        raise ValueError(f"train must be a non-empty subset of {PARAM_NAMES}, got {train!r}")
+    return tuple(t for t in PARAM_NAMES if t in names)
+
+
+# ---- model and equilibrium solver ----
+
+
+def init_params(d, m, *, seed=0):
+    """Default initialisation: A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v_i ~ N(0, 1/m).
+
+    ||A||_2 is about 2 for large m, so the default gamma = 0.25 gives gamma ||A||_2 ~ 0.5.
+    """
+    d = _positive("d", d, integer=True)
+    m = _positive("m", m, integer=True)
+    rng = np.random.default_rng(seed)
+    A = rng.normal(0.0, math.sqrt(1.0 / m), (m, m))  # (m, m)
+    W = rng.normal(0.0, math.sqrt(2.0 / d), (m, d))  # (m, d)
+    v = rng.normal(0.0, math.sqrt(1.0 / m), m)  # (m,)
+    return Params(A, W, v)
+
+
+def make_data(N, d, *, seed=0):
+    """The demo's data: unit-norm inputs x_i and targets y_i = sin(3 <u, x_i>), u a random unit vector."""
+    N = _positive("N", N, integer=True)
+    d = _positive("d", d, integer=True)
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, d))  # (N, d)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    u = rng.standard_normal(d)  # (d,)
+    u /= np.linalg.norm(u)
+    y = np.sin(3.0 * X @ u)  # (N,)
+    return X, y
+
+
+def norm_bound(A):
+    """Certified upper bound of ||A||_2: sqrt(lambda_max(A^T A)) * (1 + 2 m^2 eps).
+
+    The factor covers the rounding of forming A^T A (at most m eps ||A||_F^2 <=
+    m^2 eps ||A||_2^2 in 2-norm) and the backward error of the symmetric eigensolver.
+    eigvalsh of A^T A costs about half an SVD; squaring does not hurt the largest
+    singular value.
+    """
+    A = _array("A", A, 2)
+    m = A.shape[1]
+    lam = np.linalg.eigvalsh(A.T @ A)[-1]
+    return math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * m * m * EPS)
+
+
+def _rho(A, gamma, A_norm, allow_ill_posed):
+    """Certified rho = gamma * ||A||_2 (from A_norm, an upper bound of ||A||_2, if given)."""
+    if A_norm is None:
+        A_norm = norm_bound(A)
+    else:
+        A_norm = _positive("A_norm", A_norm)
+    rho = gamma * A_norm
+    if rho >= 1.0 and not allow_ill_posed:
+        raise NotWellPosedError(
+            f"not well-posed: gamma * ||A||_2 = {rho:.6g} >= 1 (gamma = {gamma:.6g}, "
+            f"||A||_2 <= {A_norm:.6g}); lower gamma, or pass allow_ill_posed=True to try anyway"
+        )
+    return rho
+
+
+def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
+    """Picard iteration U_k = apply(U_{k-1}) for a map that acts row by row, each row a rho-contraction.
+
+    Row i of the map depends on row i of U only (sample i's equilibrium, or its
+    adjoint), so each row has its own certified bound
+        e_i = rho / (1 - rho) * ||u_i^k - u_i^(k-1)||_2  >=  ||u_i^k - u_i*||_2
+    from its last update, valid until the row moves again. With row weights w
+    (default 1) the quantity certified is diag(w) U. Stop rule:
+        sqrt(sum_i (w_i e_i)^2) <= tol ||diag(w) U_k||_F,
+    which bounds ||diag(w) (U_k - U*)||_F (up to rounding in evaluating the map).
+    A sweep updates only the rows with w_i e_i > tol ||diag(w) U_k||_F / sqrt(n), or all
+    rows when more than half need it: with warm starts most rows are done early, and
+    the few that are not (a ReLU mask flipped) do not cost full sweeps. If rho >= 1
+    (allow_ill_posed) nothing is certified: e_i uses the factor 1 instead of
+    rho / (1 - rho), and the bound reported is inf.
+
+    apply(U_rows, rows, out) writes the map of U_rows = U[rows] into out; U is overwritten
+    (the caller passes its own copy). info: iterations (sweeps), work (row updates / n,
+    in units of full sweeps: the cost), error_bound, rho, certified, tol.
+    """
+    n = U.shape[0]
+    w2 = np.ones(n) if weights is None else weights**2  # (n,)
+    certified = rho < 1.0
+    factor = rho / (1.0 - rho) if certified else 1.0
+    bound2 = np.full(n, np.inf)  # (n,) e_i^2
+    size2 = np.zeros(n)  # (n,) ||u_i^k||^2
+    U_new = np.empty_like(U)  # (n, m)
+    rows, work = slice(None), 0  # the rows to update: all, at first
+    for k in range(1, max_iter + 1):
+        if isinstance(rows, slice):  # all rows: swap two full buffers
+            apply(U, rows, U_new)
+            U -= U_new  # U_(k-1) - U_k, in the buffer U_(k-1) no longer needs
+            diff, U, U_new = U, U_new, U
+            new = U
+            work += n
+        else:  # a few rows: gather, map, scatter
+            new = U_new[: rows.size]
+            apply(U[rows], rows, new)
+            diff = U[rows] - new
+            U[rows] = new
+            work += rows.size
+        bound2[rows] = factor**2 * np.einsum("ij,ij->i", diff, diff)
+        size2[rows] = np.einsum("ij,ij->i", new, new)
+        total, size = math.sqrt(w2 @ bound2), math.sqrt(w2 @ size2)
+        if not (math.isfinite(total) and math.isfinite(size)):
+            raise NotConvergedError(f"{what}: the iteration overflowed at sweep {k} (rho = {rho:.6g})",
+                                    iterations=k, error_bound=math.inf)
+        if total <= tol * size:
+            return U, {"iterations": k, "work": work / n, "error_bound": total if certified else math.inf,
+                       "rho": float(rho), "certified": bool(certified), "tol": tol}
+        rows = np.flatnonzero(w2 * bound2 > (tol * size) ** 2 / n)  # not empty: total > tol size
+        if 2 * rows.size > n:
+            rows = slice(None)
+    raise NotConvergedError(
+        f"{what}: not converged in max_iter = {max_iter} sweeps: error bound {total:.3e} > "
+        f"tol * size = {tol * size:.3e} (rho = {rho:.6g}); raise max_iter, or tol if it is "
+        "below the rounding floor (~1e-15)", iterations=max_iter, error_bound=total)
+
+
+def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, A_norm=None,
+                allow_ill_posed=False):
+    """Equilibrium features Z = relu(gamma Z A^T + X W^T), by Picard iteration.
+
+        Z_k = relu(gamma Z_{k-1} A^T + X W^T),   Z_0 = Z0, default relu(X W^T)
+
+    Well-posedness: rho = gamma ||A||_2 < 1 makes z -> relu(gamma A z + W x) a
+    contraction, so Z exists, is unique, and Z_k -> Z linearly with rate rho.
+    rho is certified from norm_bound(A), or from A_norm (a known upper bound of
+    ||A||_2) if given; rho >= 1 raises NotWellPosedError unless allow_ill_posed.
+
+    Stop rule: the first k >= 1 with rho/(1-rho) ||Z_k - Z_{k-1}||_F <= tol ||Z_k||_F;
+    the left side bounds ||Z_k - Z||_F. No convergence in max_iter raises NotConvergedError.
+
+    Parameters: params Params(A (m, m), W (m, d), v (m,)); X (N, d); gamma > 0;
+    tol > 0 relative; max_iter > 0; Z0 (N, m) warm start.
+    Returns Z (N, m) and info: iterations, step ||Z_k - Z_{k-1}||_F, error_bound
+    (certified ||Z_k - Z||_F, inf if not certified), rho, certified, tol.
+    """
+    A, W, _ = _check_params(params)
+    X = _check_X(X, W.shape[1])
+    gamma = _positive("gamma", gamma)
+    tol = _positive("tol", tol)
+    max_iter = _positive("max_iter", max_iter, integer=True)
+    Z0 = _check_start("Z0", Z0, (X.shape[0], A.shape[0]))
+    rho = _rho(A, gamma, A_norm, allow_ill_posed)
+    return _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
+
+
+def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0):
+    """equilibrium() on checked inputs."""
+    B = X @ W.T  # (N, m) input injection
+    gAT = gamma * A.T  # (m, m)
+
+    def picard(Z, rows, out):  # out = relu(gamma Z A^T + X W^T), on the given rows
+        np.matmul(Z, gAT, out=out)
+        out += B[rows]
+        np.maximum(out, 0.0, out=out)
+
+    Z = np.maximum(B, 0.0) if Z0 is None else np.array(Z0, dtype=np.float64)  # (N, m)
+    return _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium")
+
+
+def predict(params, X, gamma, **solver):
+    """yhat = Z v with Z the equilibrium (solver keywords as in equilibrium). Shape (N,)."""
+    Z, _ = equilibrium(params, X, gamma, **solver)
+    return Z @ np.asarray(params[2], dtype=np.float64)
+
+
+# ---- implicit gradient ----
+#
+# Differentiate the equilibrium z_i = relu(h_i), h_i = gamma A z_i + W x_i, with
+# D_i = diag(1[h_i > 0]) (the mask; 1[h > 0] = 1[z > 0] since z = relu(h)):
+#
+#     dz_i = D_i (gamma dA z_i + gamma A dz_i + dW x_i)
+#     (I - gamma D_i A) dz_i = D_i (gamma dA z_i + dW x_i)      invertible: ||gamma D_i A||_2 <= rho < 1
+#
+# Phi = 0.5 sum_i (v^T z_i - y_i)^2 changes by dPhi = sum_i r_i (v^T dz_i + z_i^T dv).
+# Define the adjoint a_i by (I - gamma D_i A)^T a_i = r_i v, so that r_i v^T dz_i =
+# a_i^T D_i (gamma dA z_i + dW x_i); then g_i = D_i a_i satisfies a_i = r_i v + gamma A^T g_i:
+#
+#     g_i = D_i (r_i v + gamma A^T g_i),   in batch   G = 1[H > 0] * (r v^T + gamma G A)
+#
+#     dPhi = sum_i g_i^T (gamma dA z_i + dW x_i) + r_i z_i^T dv
+#     dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r
+#
+# G is a linear fixed point with the same contraction factor rho (row i maps by
+# g -> D_i (r_i v + gamma A^T g), Lipschitz gamma ||D_i A^T||_2 <= rho). Row i is linear
+# in r_i, so we solve it per unit residual and scale:
+#
+#     U = 1[H > 0] * (1 v^T + gamma U A),   G = diag(r) U.
+#
+# Row i of U is u_i = D_i (I - gamma A^T D_i)^{-1} v = d yhat_i / d(W x_i): it depends on
+# theta only, not on the residual, so along training it moves as slowly as Z and
+# warm-starts as well, while r (hence G) can change fast. The Picard iteration on U
+# is weighted by |r_i| so that the certified bound is the one on G:
+# ||G_k - G||_F <= sqrt(sum_i (r_i e_i)^2) <= tol ||G_k||_F. Nothing is unrolled:
+# memory is O(N m + m^2) whatever the number of iterations.
+
+
+def adjoint(params, Z, r, gamma, *, tol=1e-12, max_iter=10_000, U0=None, A_norm=None,
+            allow_ill_posed=False):
+    """Masked adjoint G = 1[Z > 0] * (r v^T + gamma G A), as G = diag(r) U (see above).
+
+        U = 1[Z > 0] * (1 v^T + gamma U A),   by certified Picard iteration weighted by |r|
+
+    Z (N, m) is the equilibrium, r (N,) the residual Z v - y; U0 (N, m) a warm start
+    for U (default 1[Z > 0] * 1 v^T). The stop rule is that of equilibrium() with the
+    error measured on G: the first k with  bound(||G_k - G||_F) <= tol ||G_k||_F.
+    Returns G (N, m) and info (that of equilibrium(), plus U (N, m)).
+    """
+    A, _, v = _check_params(params)
+    Z = _array("Z", Z, 2)
+    if Z.shape[1] != A.shape[0]:
+        raise ValueError(f"Z must have shape (N, m) = (N, {A.shape[0]}), got {Z.shape}")
+    r = _array("r", r, 1)
+    if r.shape != (Z.shape[0],):
+        raise ValueError(f"r must have shape (N,) = ({Z.shape[0]},), got {r.shape}")
+    gamma = _positive("gamma", gamma)
+    tol = _positive("tol", tol)
+    max_iter = _positive("max_iter", max_iter, integer=True)
+    U0 = _check_start("U0", U0, Z.shape)
+    rho = _rho(A, gamma, A_norm, allow_ill_posed)
+    return _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0)
+
+
+def _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0):
+    """adjoint() on checked inputs."""
+    mask = (Z > 0).astype(np.float64)  # (N, m) 1[H > 0]
+    V = mask * v  # (N, m) 1[H > 0] * 1 v^T
+    gA = gamma * A  # (m, m)
+
+    def picard(U, rows, out):  # out = 1[H > 0] * (1 v^T + gamma U A), on the given rows
+        np.matmul(U, gA, out=out)
+        out *= mask[rows]
+        out += V[rows]
+
+    U = V.copy() if U0 is None else np.array(U0, dtype=np.float64)  # (N, m)
+    U, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint", weights=np.abs(r))
+    info["U"] = U
+    return r[:, None] * U, info  # G = diag(r) U, (N, m)
+
+
+def adjoint_direct(params, Z, r, gamma):
+    """The same G by a direct solve per sample: (I - gamma D_i A)^T a_i = r_i v, g_i = D_i a_i.
+
+    O(N m^3): the independent cross-check of adjoint() for small m. Needs rho < 1
+    only for the solves to be non-singular; it checks nothing else.
+    """
+    A, _, v = _check_params(params)
+    Z = _array("Z", Z, 2)
+    r = _array("r", r, 1)
+    gamma = _positive("gamma", gamma)
+    m = A.shape[0]
+    G = np.zeros_like(Z)  # (N, m)
+    for i in range(Z.shape[0]):
+        D = (Z[i] > 0).astype(np.float64)  # (m,) diagonal of D_i
+        M = np.eye(m) - gamma * D[:, None] * A  # (m, m) I - gamma D_i A
+        G[i] = D * np.linalg.solve(M.T, r[i] * v)
+    return G
+
+
+def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=10_000,
+                  Z0=None, U0=None, A_norm=None, method="fixed_point", return_info=False):
+    """Square loss Phi = 0.5 ||Z v - y||^2 and its gradient by the implicit function theorem.
+
+        dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r,
+        G = 1[H > 0] * (r v^T + gamma G A),   r = Z v - y
+
+    (derivation above). wrt names the gradients wanted; the others come back as None,
+    and with wrt=("v",) no adjoint is solved. method "fixed_point" (certified Picard,
+    warm starts Z0 and U0) or "direct" (per-sample linear solves, small m). Solver
+    keywords as in equilibrium(); both solves use the same certified rho.
+
+    Returns (loss, Params(dA, dW, dv)), or with return_info=True (loss, grads, info),
+    info = {Z, G, U, r, forward, adjoint}: the two solves' infos (adjoint and U are
+    None if no adjoint was needed, or method is "direct").
+    """
+    A, W, v = _check_params(params)
+    X = _check_X(X, W.shape[1])
+    y = _check_y(y, X.shape[0])
+    gamma = _positive("gamma", gamma)
+    wrt = _check_train(wrt)
+    tol = _positive("tol", tol)
+    max_iter = _positive("max_iter", max_iter, integer=True)
+    shape = (X.shape[0], A.shape[0])
+    Z0 = _check_start("Z0", Z0, shape)
+    U0 = _check_start("U0", U0, shape)
+    if method not in ("fixed_point", "direct"):
+        raise ValueError(f"method must be 'fixed_point' or 'direct', got {method!r}")
+    rho = _rho(A, gamma, A_norm, False)
+
+    Z, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
+    r = Z @ v - y  # (N,)
+    loss = 0.5 * float(r @ r)
+    G, backward = None, None
+    if "A" in wrt or "W" in wrt:
+        if method == "direct":
+            G = adjoint_direct(Params(A, W, v), Z, r, gamma)  # (N, m)
+        else:
+            G, backward = _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0)  # (N, m)
+    grads = Params(
+        gamma * (G.T @ Z) if "A" in wrt else None,  # (m, m)
+        G.T @ X if "W" in wrt else None,  # (m, d)
+        Z.T @ r if "v" in wrt else None,  # (m,)
+    )
+    if return_info:
+        U = backward.pop("U") if backward else None
+        return loss, grads, {"Z": Z, "G": G, "U": U, "r": r, "forward": forward, "adjoint": backward}
+    return loss, grads
+
+
+# ---- gradient descent and gradient flow ----
+#
+# GD:  theta_{k+1} = theta_k - lr grad Phi(theta_k).
+# GF:  d theta / dt = -grad Phi(theta), by explicit Euler with n = ceil(t_end / dt) equal
+#      steps h = t_end / n <= dt; an Euler step is a GD step with lr = h, so both run
+#      the same loop, and GF's history is indexed by t = k h.
+#
+# Each step warm-starts the two solves from the linear extrapolation 2 S_k - S_{k-1}
+# of the last two solutions S = Z and S = U (U, not G: it does not move with the
+# residual). The certificate is always that of the final Picard step, whatever the start.
+#
+# rho is certified along training without an eigensolve per step:
+#     ||A + dA||_2 <= ||A||_2 + ||dA||_F,
+# a running upper bound (inflated by 1 + 2 m^2 eps for the rounding of the update and
+# of the norm), recomputed by norm_bound(A) when the margin 1 - gamma ||A||_2 has
+# shrunk to half of its value at the last exact computation. If the exact rho reaches
+# 1, training stops: the equilibrium is no longer certified to be well-posed.
+
+
+def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, target=None,
+                     tol=1e-12, max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
+    """Gradient descent theta_{k+1} = theta_k - lr grad Phi(theta_k), for at most `steps` steps.
+
+    train: the parameters that move (a subset of ("A", "W", "v")); the rest are frozen.
+    target: stop early once Phi_k <= target * Phi_0 (None: run all steps).
+    lambda_min: also record lambda_min(Z_k Z_k^T) (one SVD of Z per step).
+    warm_start: start each solve from the last two solutions (False: cold starts).
+    log_every: print a progress line every so many steps (0: quiet).
+
+    Returns the final Params and a history: arrays with entry k at theta_k, k = 0..K
+    (K = steps, or fewer with target): loss, rho (certified gamma ||A_k||_2),
+    forward_iters and adjoint_iters (the solves' work in full sweeps), grad_norm (of the
+    trained parameters), lambda_min (if asked); and norm_refreshes (exact norm
+    computations), train. Raises TrainingError (with the last good params and the
+    history so far) if the loss or parameters become non-finite, a solve fails, or
+    well-posedness is lost.
+    """
+    lr = _positive("lr", lr)
+    steps = _positive("steps", steps, integer=True)
+    return _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, lambda_min,
+                  warm_start, log_every, lambda k: f"GD step {k}")
+
+
+def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=None,
+                  tol=1e-12, max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
+    """Gradient flow d theta/dt = -grad Phi(theta) on [0, t_end], by explicit Euler.
+
+        theta(t + h) = theta(t) - h grad Phi(theta(t)),   n = ceil(t_end / dt), h = t_end / n <= dt
+
+    First-order accurate: halving dt halves the error at t_end. Keywords and errors
+    as in gradient_descent; the history also has t (the times, k h) and h.
+    """
+    t_end = _positive("t_end", t_end)
+    dt = _positive("dt", dt)
+    n = max(1, math.ceil(t_end / dt - 1e-9))  # 1e-9: t_end/dt = 10.000000000001 is 10 steps
+    h = t_end / n
+    params, history = _train(params, X, y, gamma, h, n, train, target, tol, max_iter, lambda_min,
+                             warm_start, log_every, lambda k: f"GF t {k * h:.4g}")
+    history["t"] = h * np.arange(history["loss"].size)
+    history["h"] = h
+    return params, history
+
+
+def _extrapolate(past):
+    """Warm start for the next solve from the last solutions, newest first (None: none yet).
+
+    The quadratic through the last three, 3 S_k - 3 S_(k-1) + S_(k-2), or the line
+    through two, 2 S_k - S_(k-1), or S_k.
+    """
+    past = [S for S in past if S is not None]
+    if len(past) == 3:
+        return 3.0 * (past[0] - past[1]) + past[2]
+    if len(past) == 2:
+        return 2.0 * past[0] - past[1]
+    return past[0] if past else None
+
+
+def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track_lambda,
+           warm_start, log_every, where):
+    """The loop of gradient_descent and gradient_flow (an Euler step is a GD step)."""
+    theta = _check_params(params)
+    X = _check_X(X, theta.W.shape[1])
+    y = _check_y(y, X.shape[0])
+    gamma = _positive("gamma", gamma)
+    train = _check_train(train)
+    target = None if target is None else _positive("target", target)
+    tol = _positive("tol", tol)
+    max_iter = _positive("max_iter", max_iter, integer=True)
+    if isinstance(log_every, bool) or not isinstance(log_every, numbers.Integral) or log_every < 0:
+        raise ValueError(f"log_every must be a non-negative integer, got {log_every!r}")
+    m = theta.A.shape[0]
+
+    A_norm = norm_bound(theta.A)
+    _rho(theta.A, gamma, A_norm, False)  # NotWellPosedError before any work if rho >= 1
+    margin = 1.0 - gamma * A_norm  # at the last exact norm
+    rec = {"loss": [], "rho": [], "forward_iters": [], "adjoint_iters": [], "grad_norm": []}
+    if track_lambda:
+        rec["lambda_min"] = []
+    history = {"norm_refreshes": 1, "train": train}
+    Zs, Us = (None,) * 3, (None,) * 3  # the last three solutions, newest first
+    good = theta  # the last parameters whose loss and gradient were computed
+
+    def stop(k, reason):
+        history.update({key: np.array(val) for key, val in rec.items()})
+        return TrainingError(f"training stopped at step {k}: {reason}", step=k, reason=reason,
+                             params=good, history=history)
+
+    for k in range(steps + 1):
+        try:
+            loss, grads, info = loss_and_grad(
+                theta, X, y, gamma, wrt=train, tol=tol, max_iter=max_iter, A_norm=A_norm,
+                Z0=_extrapolate(Zs) if warm_start else None,
+                U0=_extrapolate(Us) if warm_start else None, return_info=True)
+        except NotConvergedError as e:
+            raise stop(k, str(e)) from e
+        if not math.isfinite(loss):
+            raise stop(k, f"the loss is not finite ({loss})")
+        good = theta
+        Zs, Us = (info["Z"],) + Zs[:2], (info["U"],) + Us[:2]
+        rec["loss"].append(loss)
+        rec["rho"].append(gamma * A_norm)
+        rec["forward_iters"].append(info["forward"]["work"])
+        rec["adjoint_iters"].append(info["adjoint"]["work"] if info["adjoint"] else 0.0)
+        rec["grad_norm"].append(math.sqrt(sum(float(np.vdot(g, g)) for g in grads if g is not None)))
+        if track_lambda:
+            rec["lambda_min"].append(lambda_min(info["Z"]))
+        done = k == steps or (target is not None and loss <= target * rec["loss"][0])
+        if log_every and (k % log_every == 0 or done):
+            lam = f"  lambda_min {rec['lambda_min'][-1]:.3e}" if track_lambda else ""
+            print(f"{where(k)}: loss {loss:.6e}  rho {gamma * A_norm:.4f}  iters "
+                  f"{rec['forward_iters'][-1]:.1f}/{rec['adjoint_iters'][-1]:.1f}{lam}", flush=True)
+        if done:
+            break
+
+        new = Params(*(p if g is None else p - step * g for p, g in zip(theta, grads)))
+        if not all(np.isfinite(p).all() for p in new):
+            raise stop(k + 1, "the parameters became non-finite")
+        if grads.A is not None:
+            A_norm = (A_norm + float(np.linalg.norm(new.A - theta.A))) * (1.0 + 2.0 * m * m * EPS)
+            if 1.0 - gamma * A_norm < 0.5 * margin:
+                A_norm = norm_bound(new.A)
+                margin = 1.0 - gamma * A_norm
+                history["norm_refreshes"] += 1
+                if margin <= 0.0:
+                    raise stop(k + 1, f"lost well-posedness: gamma * ||A||_2 = {gamma * A_norm:.6g} >= 1")
+        theta = new
+
+    history.update({key: np.array(val) for key, val in rec.items()})
+    return theta, history
+
+
+# ---- theory diagnostics ----
+
+
+def lambda_min(Z):
+    """lambda_min(Z Z^T) for Z (N, m): sigma_min(Z)^2 if m >= N, else exactly 0 (rank <= m < N).
+
+    The SVD of Z avoids squaring the condition number of the Gram matrix.
+    """
+    Z = _array("Z", Z, 2)
+    N, m = Z.shape
+    if m < N:
+        return 0.0
+    return float(np.linalg.svd(Z, compute_uv=False)[-1] ** 2)
+
+
+def gradient_check(params, X, y, gamma, *, seed=0, h=1e-6, tol=1e-14):
+    """Implicit gradient against central differences on one random unit direction E per parameter.
+
+        fd = (Phi(theta + h E) - Phi(theta - h E)) / (2 h),   an = <grad_P Phi, E>
+        error_P = |fd - an| / max(|fd|, |an|)
+
+    Solves at tol (default 1e-14, so the solve error tol Phi / h stays below 1e-8 of
+    the derivative). Returns {"A", "W", "v": errors, "max": the largest, "min_abs_H":
+    min |H_ij|}; an FD step h straddles no ReLU kink when min_abs_H >> h.
+    """
+    theta = _check_params(params)
+    h = _positive("h", h)
+    rng = np.random.default_rng(seed)
+    loss, grads, info = loss_and_grad(theta, X, y, gamma, tol=tol, return_info=True)
+    H = gamma * info["Z"] @ theta.A.T + np.asarray(X, dtype=np.float64) @ theta.W.T  # (N, m)
+    out = {"min_abs_H": float(np.abs(H).min())}
+    for i, name in enumerate(PARAM_NAMES):
+        E = rng.standard_normal(theta[i].shape)
+        E /= np.linalg.norm(E)
+
+        def phi(s):
+            moved = theta._replace(**{name: theta[i] + s * E})
+            Z, _ = equilibrium(moved, X, gamma, tol=tol)
+            r = Z @ moved.v - y
+            return 0.5 * float(r @ r)
+
+        fd = (phi(h) - phi(-h)) / (2.0 * h)
+        an = float(np.vdot(grads[i], E))
+        out[name] = abs(fd - an) / max(abs(fd), abs(an), np.finfo(float).tiny)
+    out["max"] = max(out[n] for n in PARAM_NAMES)
+    return out
+
+
+def linear_rate(loss, t):
+    """-slope of the least-squares line through (t_k, log loss_k): the observed linear rate.
+
+    Phi_k ~ Phi_0 exp(-rate t_k); with t = step index it is a rate per GD step.
+    """
+    loss = _array("loss", loss, 1)
+    t = _array("t", t, 1)
+    if loss.shape != t.shape or loss.size < 2 or (loss <= 0).any():
+        raise ValueError("loss must be positive, at least two values, shaped like t")
+    slope = np.polyfit(t, np.log(loss), 1)[0]
+    return float(-slope)
+
+
+def gronwall_bound(loss0, lambda_mins, h):
+    """Phi(t_k) <= Phi(0) exp(-2 sum_{j<k} lambda_min(Z_j Z_j^T) h), k = 0..n: the PL certificate.
+
+    Exact for the flow (d Phi/dt = -||grad||^2 <= -||Z^T r||^2 <= -2 lambda_min Phi), with the
+    integral as a left Riemann sum on the Euler grid (so it holds up to O(h) along Euler).
+    """
+    lam = np.maximum(_array("lambda_mins", lambda_mins, 1), 0.0)
+    integral = np.concatenate([[0.0], np.cumsum(lam[:-1]) * h])  # (n + 1,)
+    return loss0 * np.exp(-2.0 * integral)
+
+
+def pl_ratios(history):
+    """||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k) per step: the PL inequality holds where >= 1.
+
+    ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r >= 2 lambda_min(Z Z^T) Phi, so it holds
+    whenever v is trained (history from a run with lambda_min=True). inf where lambda_min = 0.
+    """
+    if "v" not in history["train"]:
+        raise ValueError("the PL inequality through the output layer needs v in train")
+    if "lambda_min" not in history:
+        raise ValueError("history has no lambda_min: train with lambda_min=True")
+    with np.errstate(divide="ignore"):
+        return history["grad_norm"] ** 2 / (2.0 * history["lambda_min"] * history["loss"])
+
+
+# ---- demo and sweep: the paper's two claims, runnable ----
+
+
+def _say(quiet):
+    return (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+
+
+def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t_end=None,
+         dt=None, seed=0, log_every=100, plot=None, quiet=False):
+    """Train a linear-width implicit network by GD and by gradient flow, and certify as it goes.
+
+    m defaults to 2 N; lr to 1 / ||Z(0)||_2^2 (the curvature of Phi in v at initialisation);
+    GD runs until Phi <= target Phi(0) or `steps`; gradient flow (Euler, dt = lr / 2) runs
+    to t_end = half the time GD took. Returns the summary dict (see the README).
+    """
+    say = _say(quiet)
+    start = time.perf_counter()
+    m = 2 * N if m is None else m
+    X, y = make_data(N, d, seed=seed)
+    params = init_params(d, m, seed=seed)
+    gamma = _positive("gamma", gamma)
+    rho0 = gamma * norm_bound(params.A)
+    say(f"implicit_gd demo: N = {N} samples, d = {d}, m = {m} (m / N = {m / N:g}), gamma = {gamma:g}, seed = {seed}")
+    say("data: x_i uniform on the unit sphere, y_i = sin(3 <u, x_i>) for a random unit u")
+    say(f"init: A ~ N(0, 1/m), W ~ N(0, 2/d), v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {rho0:.4f}")
+    Z0, _ = equilibrium(params, X, gamma)
+    lr = 1.0 / np.linalg.norm(Z0, 2) ** 2 if lr is None else _positive("lr", lr)
+
+    check = gradient_check(params, X, y, gamma, seed=seed)
+    say(f"gradient check (central differences, h = 1e-6, random directions): max rel error "
+        f"{check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v {check['v']:.1e}); "
+        f"min |H_ij| = {check['min_abs_H']:.1e} >> h: no kink straddled")
+
+    say(f"GD: lr = {lr:.4g} (1 / ||Z(0)||_2^2), until loss <= {target:g} loss(0) or {steps} steps")
+    failure = None
+    try:
+        final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target,
+                                       lambda_min=True, log_every=log_every)
+    except TrainingError as e:
+        final, hist, failure = e.params, e.history, e.reason
+        say(f"GD stopped: {e}")
+    loss = hist["loss"]
+    k = loss.size - 1
+    rate_obs = linear_rate(loss, np.arange(loss.size)) if k > 0 else 0.0
+    rate_cert = 2.0 * lr * float(hist["lambda_min"].min())
+    pl = pl_ratios(hist)
+    well_posed = failure is None and bool((hist["rho"] < 1.0).all())
+    say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps; "
+        f"well-posed at every step: {'yes' if well_posed else 'NO'} (max certified gamma ||A||_2 = "
+        f"{hist['rho'].max():.4f}, {hist['norm_refreshes']} exact norm computations)")
+    say(f"GD: linear rate per step: observed {rate_obs:.3e} (slope of log loss), certified "
+        f"{rate_cert:.3e} (2 lr min_k lambda_min(Z_k Z_k^T), the PL rate); min lambda_min = "
+        f"{hist['lambda_min'].min():.3e}")
+    say(f"GD: PL inequality ||grad||^2 >= 2 lambda_min(Z Z^T) Phi at every step: "
+        f"{'yes' if (pl >= 1.0).all() else 'NO'} (smallest ratio {pl.min():.3g})")
+
+    t_end = 0.5 * k * lr if t_end is None else _positive("t_end", t_end)
+    dt = 0.5 * lr if dt is None else _positive("dt", dt)
+    say(f"GF: explicit Euler, dt = {dt:.4g}, t_end = {t_end:.4g}")
+    gf_final, gf = gradient_flow(params, X, y, gamma, t_end=t_end, dt=dt, lambda_min=True,
+                                 log_every=max(1, log_every) * 2 if log_every else 0)
+    bound = gronwall_bound(gf["loss"][0], gf["lambda_min"], gf["h"])
+    worst = float((gf["loss"][1:] / bound[1:]).max())  # t > 0 (at t = 0 it is 1 by definition)
+    gf_holds = worst <= 1.0 + 1e-12  # 1e-12: rounding of the loss and of exp
+    say(f"GF: loss(t_end) / loss(0) = {gf['loss'][-1] / gf['loss'][0]:.2e}; Gronwall certificate "
+        f"Phi(t) <= Phi(0) exp(-2 int_0^t lambda_min) at all {gf['loss'].size} times: "
+        f"{'yes' if gf_holds else 'NO'} (max over t > 0 of Phi / bound = {worst:.3g})")
+
+    seconds = time.perf_counter() - start
+    summary = {
+        "N": N, "d": d, "m": m, "gamma": gamma, "seed": seed, "lr": lr,
+        "loss_initial": float(loss[0]), "loss_final": float(loss[-1]), "steps": int(k),
+        "reached_target": bool(loss[-1] <= target * loss[0]), "rho_max": float(hist["rho"].max()),
+        "rate_observed": rate_obs, "rate_certified": rate_cert,
+        "lambda_min_min": float(hist["lambda_min"].min()), "pl_holds": bool((pl >= 1.0).all()),
+        "well_posed_throughout": well_posed, "failure": failure,
+        "gradcheck_max_error": check["max"], "gf_t_end": t_end, "gf_dt": gf["h"],
+        "gf_loss_final": float(gf["loss"][-1]), "gf_certificate_holds": gf_holds,
+        "gf_certificate_max_ratio": worst, "seconds": seconds,
+    }
+    say(f"summary: {'reached' if summary['reached_target'] else 'did NOT reach'} {target:g} of the "
+        f"initial loss in {k} GD steps, well-posed throughout, observed rate "
+        f"{rate_obs / max(rate_cert, 1e-300):.1f}x the certified one; {seconds:.1f} s")
+    if plot:
+        _plot(plot, hist, gf, bound)
+        say(f"plot written to {plot}")
+    return summary
+
+
+def _plot(path, hist, gf, bound):
+    """log loss against GD step and against GF time, and the certified rho along GD."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].semilogy(hist["loss"])
+    ax[0].set(xlabel="GD step k", ylabel="loss", title="GD")
+    ax[1].semilogy(gf["t"], gf["loss"], label="Euler GF")
+    ax[1].semilogy(gf["t"], bound, "--", label="Phi(0) exp(-2 int lambda_min)")
+    ax[1].set(xlabel="time t", title="gradient flow")
+    ax[1].legend()
+    ax[2].plot(hist["rho"])
+    ax[2].axhline(1.0, color="k", lw=0.8)
+    ax[2].set(xlabel="GD step k", ylabel="certified gamma ||A||_2", ylim=(0, 1.05), title="well-posedness")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _run(params, X, y, gamma, lr, steps, target):
+    """GD for the sweep; returns the history and the failure reason (None if it ran through)."""
+    try:
+        _, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target)
+        return hist, None
+    except TrainingError as e:
+        return e.history, e.reason
+
+
+def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
+          fractions=(0.1, 0.3, 0.5, 0.7, 0.9, 0.97), steps=1500, target=1e-8, quiet=False):
+    """The paper's two claims as tables, each row averaged over seeds.
+
+    Width: m = ratio N; lambda_min(Z(0) Z(0)^T), whether the PL certificate exists
+    (lambda_min > 0 for every seed), the observed linear rate per step with
+    lr = 1 / ||Z(0)||_2^2, steps to Phi <= target Phi(0), max certified gamma ||A||_2.
+    Scale: m = 2 N, gamma = fraction / ||A(0)||_2, GD until target; max certified
+    gamma ||A(t)||_2, runs well-posed throughout, final loss / initial (geometric mean),
+    forward sweeps per step.
+    """
+    say = _say(quiet)
+    width, scale = [], []
+    say(f"width sweep: N = {N}, d = {d}, gamma = 0.25, seeds {list(seeds)}, up to {steps} GD steps")
+    for ratio in ratios:
+        m = max(1, round(ratio * N))
+        rows = []
+        for seed in seeds:
+            X, y = make_data(N, d, seed=seed)
+            params = init_params(d, m, seed=seed)
+            Z0, _ = equilibrium(params, X, 0.25)
+            hist, fail = _run(params, X, y, 0.25, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
+            loss = hist["loss"]
+            reached = fail is None and loss[-1] <= target * loss[0]
+            rows.append((lambda_min(Z0), linear_rate(loss, np.arange(loss.size)),
+                         loss.size - 1 if reached else None, hist["rho"].max()))
+        lam, rate, hit, rho = zip(*rows)
+        width.append({"m_over_N": ratio, "m": m, "lambda_min_init": float(np.mean(lam)),
+                      "pl_certificate": bool(min(lam) > 0), "rate_observed": float(np.mean(rate)),
+                      "steps_to_target": None if None in hit else float(np.mean(hit)),
+                      "reached": sum(h is not None for h in hit), "rho_max": float(max(rho))})
+        say(f"  m/N = {ratio:g}: lambda_min(Z0 Z0^T) {np.mean(lam):.2e}, reached {width[-1]['reached']}/{len(seeds)}")
+    say(f"gamma sweep: N = {N}, m = {2 * N}, d = {d}, gamma = fraction / ||A(0)||_2, up to {steps} GD steps")
+    for frac in fractions:
+        rows = []
+        for seed in seeds:
+            X, y = make_data(N, d, seed=seed)
+            params = init_params(d, 2 * N, seed=seed)
+            gamma = frac / norm_bound(params.A)
+            Z0, _ = equilibrium(params, X, gamma)
+            hist, fail = _run(params, X, y, gamma, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
+            rows.append((gamma, hist["rho"].max(), fail is None, hist["loss"][-1] / hist["loss"][0],
+                         hist["forward_iters"].mean()))
+        gam, rho, ok, rel, fwd = zip(*rows)
+        scale.append({"fraction": frac, "gamma": float(np.mean(gam)), "rho_max": float(max(rho)),
+                      "well_posed_runs": sum(ok), "runs": len(ok),
+                      "loss_ratio_final": float(np.exp(np.mean(np.log(rel)))),
+                      "forward_sweeps_per_step": float(np.mean(fwd))})
+        say(f"  gamma ||A(0)||_2 = {frac:g}: max certified rho {max(rho):.4f}, well-posed in {sum(ok)}/{len(ok)} runs")
+    return {"N": N, "d": d, "seeds": list(seeds), "steps": steps, "target": target,
+            "width": width, "scale": scale}
+
+
+def format_sweep(result):
+    """The two tables of sweep() as text."""
+    lines = [f"Width (N = {result['N']}, gamma = 0.25, lr = 1/||Z(0)||_2^2, mean over seeds "
+             f"{result['seeds']}; target {result['target']:g} of the initial loss in "
+             f"{result['steps']} steps):",
+             "  m/N     m   lambda_min(Z0 Z0^T)  PL cert  rate/step  steps to target  max rho"]
+    for r in result["width"]:
+        hit = f"{r['steps_to_target']:.0f}" if r["steps_to_target"] is not None else \
+            f"not reached ({r['reached']}/{len(result['seeds'])})"
+        lines.append(f"  {r['m_over_N']:<5g} {r['m']:>5d}   {r['lambda_min_init']:>17.3e}  "
+                     f"{'yes' if r['pl_certificate'] else 'no':>7}  {r['rate_observed']:>9.2e}  "
+                     f"{hit:>15}  {r['rho_max']:.3f}")
+    lines += ["", f"Scale (N = {result['N']}, m = {2 * result['N']}, gamma = fraction / ||A(0)||_2, "
+              f"until {result['target']:g} of the initial loss or {result['steps']} steps):",
+              "  gamma||A(0)||  gamma   max certified gamma||A(t)||  well-posed  loss/loss0  sweeps/step"]
+    for r in result["scale"]:
+        lines.append(f"  {r['fraction']:<13g} {r['gamma']:.4f}  {r['rho_max']:>27.4f}  "
+                     f"{r['well_posed_runs']:>4d}/{r['runs']:<5d}  {r['loss_ratio_final']:>10.2e}  "
+                     f"{r['forward_sweeps_per_step']:>11.1f}")
+    return "\n".join(lines)
+
+
+# ---- bench: the cost of one loss + gradient against the GEMM-bound limit ----
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _peak_bytes(fn):
+    """Peak memory allocated while fn runs, above what was allocated before (tracemalloc; NumPy reports to it)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=20, quiet=False):
+    """Time loss_and_grad against the limit (K_f + K_b + 3) t_gemm, its scaling, memory, warm starts.
+
+    K_f, K_b: the forward and adjoint work in full (N x m)(m x m) sweeps; the 3 are
+    gamma G^T Z, G^T X (and X W^T), counted generously; t_gemm: the median time of one
+    (N x m)(m x m) product in the same run. gemm_ratio = time / ((K_f + K_b + 3) t_gemm).
+    """
+    say = _say(quiet)
+    gamma = 0.25
+    X, y = make_data(N, d, seed=seed)
+    params = init_params(d, m, seed=seed)
+    say(f"bench: N = {N}, m = {m}, d = {d}, gamma = {gamma}, tol = 1e-12, median of {repeats}")
+    Z = np.random.default_rng(seed).standard_normal((N, m))  # (N, m)
+    out = np.empty((N, m))  # (N, m)
+    t_gemm = _median_time(lambda: np.matmul(Z, params.A.T, out=out), 2 * repeats + 1)
+    t_norm = _median_time(lambda: norm_bound(params.A), repeats)
+    say(f"  one (N x m)(m x m) product: {t_gemm * 1e3:.2f} ms; norm_bound(A): {t_norm * 1e3:.1f} ms")
+    _, _, info = loss_and_grad(params, X, y, gamma, return_info=True)
+    k_f, k_b = info["forward"]["work"], info["adjoint"]["work"]
+    t = _median_time(lambda: loss_and_grad(params, X, y, gamma), repeats)
+    ratio = t / ((k_f + k_b + 3) * t_gemm)
+    say(f"  loss_and_grad: {t * 1e3:.1f} ms, K_f = {k_f:.2f}, K_b = {k_b:.2f} sweeps "
+        f"({info['forward']['iterations']} and {info['adjoint']['iterations']} iterations); "
+        f"time / ((K_f + K_b + 3) t_gemm) = {ratio:.3f}")
+
+    def per_call(n, mm):
+        Xs, ys = make_data(n, d, seed=seed)
+        ps = init_params(d, mm, seed=seed)
+        return _median_time(lambda: loss_and_grad(ps, Xs, ys, gamma), max(1, repeats // 2))
+
+    sizes = [N // 4, N // 2, N]
+    t_N = [per_call(n, m) for n in sizes]
+    exp_N = float(np.polyfit(np.log(sizes), np.log(t_N), 1)[0])
+    say(f"  time against N (m = {m}): " + ", ".join(f"{n}: {s * 1e3:.0f} ms" for n, s in zip(sizes, t_N))
+        + f"; exponent {exp_N:.2f}")
+    widths = [m // 4, m // 2, m]
+    t_m = [per_call(N, mm) for mm in widths]
+    exp_m = float(np.polyfit(np.log(widths), np.log(t_m), 1)[0])
+    say(f"  time against m (N = {N}): " + ", ".join(f"{w}: {s * 1e3:.0f} ms" for w, s in zip(widths, t_m))
+        + f"; exponent {exp_m:.2f}")
+
+    words = N * m + m * m
+    peak = _peak_bytes(lambda: loss_and_grad(params, X, y, gamma))
+    peak_loose = _peak_bytes(lambda: loss_and_grad(params, X, y, gamma, tol=1e-4))
+    _, _, loose = loss_and_grad(params, X, y, gamma, tol=1e-4, return_info=True)
+    say(f"  peak extra memory: {peak / 8 / words:.2f} (N m + m^2) float64 words at tol 1e-12 "
+        f"({info['forward']['iterations'] + info['adjoint']['iterations']} iterations), "
+        f"{peak_loose / 8 / words:.2f} at tol 1e-4 ({loose['forward']['iterations'] + loose['adjoint']['iterations']})")
+
+    n_w, m_w = max(1, N // 4), max(1, m // 2)
+    Xw, yw = make_data(n_w, d, seed=seed)
+    pw = init_params(d, m_w, seed=seed)
+    Zw, _ = equilibrium(pw, Xw, gamma)
+    lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
+    work = {}
+    for warm in (True, False):
+        _, h = gradient_descent(pw, Xw, yw, gamma, lr=lr, steps=warm_steps, warm_start=warm)
+        work[warm] = float((h["forward_iters"][1:] + h["adjoint_iters"][1:]).mean())
+    warm_cold = work[True] / work[False]
+    say(f"  warm start ({warm_steps} GD steps at N = {n_w}, m = {m_w}, lr = 1/||Z(0)||_2^2): "
+        f"{work[True]:.2f} sweeps per step warm, {work[False]:.2f} cold, ratio {warm_cold:.3f}")
+    return {"N": N, "m": m, "d": d, "repeats": repeats, "k_forward": k_f, "k_adjoint": k_b,
+            "iterations_forward": info["forward"]["iterations"],
+            "iterations_adjoint": info["adjoint"]["iterations"], "seconds": t, "t_gemm": t_gemm,
+            "t_norm_bound": t_norm, "gemm_ratio": ratio, "exponent_N": exp_N, "exponent_m": exp_m,
+            "peak_extra_bytes": int(peak), "peak_extra_words_per_Nm_m2": peak / 8 / words,
+            "peak_extra_bytes_tol_1e-4": int(peak_loose), "warm_sweeps_per_step": work[True],
+            "cold_sweeps_per_step": work[False], "warm_cold_ratio": warm_cold}
+
+
+# ---- golden vectors: export for other implementations, verify theirs ----
+#
+# Key scheme of the .npz (all float64 except the int64 counts; no object arrays):
+#   meta/version (=1), meta/cases (=C)
+#   case{c}/A (m, m), W (m, d), v (m,), X (N, d), y (N,), gamma (), tol ()      inputs
+#   case{c}/Z (N, m), yhat (N,), loss (), dA (m, m), dW (m, d), dv (m,)         outputs at theta
+#   case{c}/train (3,)  1.0 where A, W, v (in that order) are trained by the GD steps
+#   case{c}/lr (), case{c}/steps ()                                               GD settings
+#   case{c}/gd_A, gd_W, gd_v (theta after `steps` GD steps), gd_loss (steps + 1,)
+# Gradients are always the full dPhi/dA, dPhi/dW, dPhi/dv; train freezes only in GD.
+
+GOLDEN_VERSION = 1
+GOLDEN_INPUTS = ("A", "W", "v", "X", "y", "gamma", "tol", "train", "lr", "steps")
+GOLDEN_OUTPUTS = ("Z", "yhat", "loss", "dA", "dW", "dv", "gd_A", "gd_W", "gd_v", "gd_loss")
+REFERENCE_TOL = 1e-13  # the tolerance export and verify solve at
+
+
+def _golden_case(A, W, v, X, y, gamma, train, lr, steps, tol=REFERENCE_TOL):
+    """One golden case: the inputs and every output recomputed from them (A, W, v, X, y checked by the API)."""
+    params = Params(A, W, v)
+    loss, grads, info = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)
+    final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, train=train, tol=tol)
+    return {
+        "A": A, "W": W, "v": v, "X": X, "y": y, "gamma": np.float64(gamma), "tol": np.float64(tol),
+        "train": np.array([float(p in train) for p in PARAM_NAMES]), "lr": np.float64(lr),
+        "steps": np.int64(steps), "Z": info["Z"], "yhat": info["Z"] @ v, "loss": np.float64(loss),
+        "dA": grads.A, "dW": grads.W, "dv": grads.v, "gd_A": final.A, "gd_W": final.W,
+        "gd_v": final.v, "gd_loss": hist["loss"],
+    }
+
+
+def golden_cases(seed=0):
+    """The exported cases: tiny, small gamma, near the well-posedness edge, m < N, a frozen A, medium."""
+    specs = [  # (N, d, m, gamma (None: 0.95 / ||A||_2), train, lr, steps)
+        (3, 2, 4, 0.25, PARAM_NAMES, 0.05, 3),
+        (8, 3, 16, 0.01, PARAM_NAMES, 0.02, 3),
+        (8, 4, 12, None, PARAM_NAMES, 0.01, 3),
+        (20, 5, 8, 0.25, PARAM_NAMES, 0.01, 3),
+        (10, 4, 24, 0.25, ("W", "v"), 0.02, 5),
+        (64, 16, 128, 0.25, PARAM_NAMES, 0.002, 3),
+    ]
+    cases = []
+    for c, (N, d, m, gamma, train, lr, steps) in enumerate(specs):
+        X, y = make_data(N, d, seed=seed + c)
+        A, W, v = init_params(d, m, seed=seed + c)
+        gamma = 0.95 / norm_bound(A) if gamma is None else gamma
+        cases.append(_golden_case(A, W, v, X, y, gamma, train, lr, steps))
+    return cases
+
+
+def export_golden(path, seed=0):
+    """Write golden_cases() to path (.npz, keys as above). Returns the number of cases."""
+    cases = golden_cases(seed)
+    arrays = {"meta/version": np.int64(GOLDEN_VERSION), "meta/cases": np.int64(len(cases))}
+    for c, case in enumerate(cases):
+        arrays.update({f"case{c}/{key}": np.asarray(val) for key, val in case.items()})
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return len(cases)
+
+
+def _relative_error(ours, theirs):
+    """max |ours - theirs| / max |ours| (the max-norm relative error; absolute if ours is all 0)."""
+    scale = float(np.abs(ours).max()) if ours.size else 0.0
+    err = float(np.abs(ours - theirs).max()) if ours.size else 0.0
+    return err / scale if scale > 0 else err
+
+
+def verify_golden(path, rtol=1e-8):
+    """Recompute every output of a golden file from its inputs and compare.
+
+    Returns (rows, problems): rows (case, quantity, max relative error, passed), with
+    error = max|ours - theirs| / max|ours|; problems lists what could not be checked
+    (a missing key, a wrong shape, an object array, bad inputs), each named. The
+    file passes when problems is empty and every error <= rtol. Never unpickles.
+    """
+    rtol = _positive("rtol", rtol)
+    rows, problems = [], []
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        return rows, [f"{path}: cannot be read as .npz ({e})"]
+    with data:
+        def get(key):
+            if key not in data.files:
+                problems.append(f"missing key {key}")
+                return None
+            try:
+                return data[key]
+            except ValueError as e:  # an object array, refused without unpickling
+                problems.append(f"{key}: {e}")
+                return None
+
+        count = get("meta/cases")
+        if count is None:
+            return rows, problems
+        if count.shape != () or count.dtype.kind not in "iu":
+            return rows, problems + [f"meta/cases must be an integer scalar, got {count.dtype} {count.shape}"]
+        for c in range(int(count)):
+            case = {key: get(f"case{c}/{key}") for key in GOLDEN_INPUTS + GOLDEN_OUTPUTS}
+            if any(val is None for val in case.values()):
+                continue
+            bad = [k for k, val in case.items() if val.dtype.kind not in "biuf"]
+            if bad:
+                problems.append(f"case{c}: non-numeric arrays {bad}")
+                continue
+            train = tuple(p for p, t in zip(PARAM_NAMES, case["train"].ravel()) if t)
+            try:
+                ours = _golden_case(case["A"], case["W"], case["v"], case["X"], case["y"],
+                                    float(case["gamma"]), train, float(case["lr"]), int(case["steps"]))
+            except (TypeError, ValueError, RuntimeError) as e:
+                problems.append(f"case{c}: inputs refused: {e}")
+                continue
+            for key in GOLDEN_OUTPUTS:
+                theirs = case[key]
+                if theirs.shape != np.shape(ours[key]):
+                    problems.append(f"case{c}/{key}: shape {theirs.shape}, expected {np.shape(ours[key])}")
+                    continue
+                err = _relative_error(np.asarray(ours[key]), theirs.astype(np.float64))
+                rows.append((f"case{c}", key, err, err <= rtol))
+    return rows, problems
+
+
+# ---- command line ----
+
+
+def _cli_number(kind, positive=True):
+    def parse(text):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(x) or (positive and x <= 0):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+        return x
+    return parse
+
+
+def _parser():
+    pos_int, pos_float = _cli_number(int), _cli_number(float)
+    p = argparse.ArgumentParser(
+        prog="implicit_gd.py",
+        description="Gradient descent on an infinite-depth ReLU implicit network (Gao & Gao, "
+                    "arXiv:2205.07463): reference implementation and correctness oracle.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, help):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--seed", type=_cli_number(int, positive=False), default=0, help="random seed (default 0)")
+        s.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+        return s
+
+    s = add("demo", "train a linear-width network by GD and gradient flow, certify, summarise")
+    s.add_argument("--n", type=pos_int, default=32, help="samples N (default 32)")
+    s.add_argument("--d", type=pos_int, default=16, help="input dimension d (default 16)")
+    s.add_argument("--m", type=pos_int, default=None, help="width m (default 2 N)")
+    s.add_argument("--gamma", type=pos_float, default=0.25, help="scale gamma (default 0.25)")
+    s.add_argument("--lr", type=pos_float, default=None, help="GD step (default 1 / ||Z(0)||_2^2)")
+    s.add_argument("--steps", type=pos_int, default=3000, help="at most this many GD steps (default 3000)")
+    s.add_argument("--plot", metavar="PATH", help="write a PNG of the run (needs matplotlib)")
+    s = add("sweep", "width and gamma sweeps: the paper's two claims as tables")
+    s.add_argument("--n", type=pos_int, default=16, help="samples N (default 16)")
+    s.add_argument("--d", type=pos_int, default=8, help="input dimension d (default 8)")
+    s.add_argument("--seeds", type=pos_int, default=3, help="seeds per row, seed .. seed + seeds - 1 (default 3)")
+    s.add_argument("--steps", type=pos_int, default=1500, help="GD steps per run at most (default 1500)")
+    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit")
+    s.add_argument("--n", type=pos_int, default=1024, help="samples N (default 1024)")
+    s.add_argument("--m", type=pos_int, default=1024, help="width m (default 1024)")
+    s.add_argument("--d", type=pos_int, default=64, help="input dimension d (default 64)")
+    s.add_argument("--repeats", type=pos_int, default=5, help="timed runs, median reported (default 5)")
+    s = add("export", "write golden test vectors (.npz) for other implementations")
+    s.add_argument("path", help="output .npz file")
+    s = add("verify", "recompute a golden .npz file's outputs from its inputs and compare")
+    s.add_argument("path", help="a .npz file in the export key scheme")
+    s.add_argument("--rtol", type=pos_float, default=1e-8,
+                   help="pass when max|ours - theirs| / max|ours| <= rtol (default 1e-8, for float64; "
+                        "use about 1e-4 for float32)")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    status = 0
+    try:
+        if args.command == "demo":
+            out = demo(N=args.n, d=args.d, m=args.m, gamma=args.gamma, lr=args.lr, steps=args.steps,
+                       seed=args.seed, plot=args.plot)
+            ok = out["reached_target"] and out["well_posed_throughout"] and out["gf_certificate_holds"]
+            status = 0 if ok else 1
+        elif args.command == "sweep":
+            start = time.perf_counter()
+            out = sweep(N=args.n, d=args.d, seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                        steps=args.steps)
+            out["seconds"] = time.perf_counter() - start
+            print(format_sweep(out))
+        elif args.command == "bench":
+            out = bench(N=args.n, m=args.m, d=args.d, repeats=args.repeats, seed=args.seed)
+        elif args.command == "export":
+            out = {"path": args.path, "cases": export_golden(args.path, seed=args.seed)}
+            print(f"wrote {out['cases']} cases to {args.path}")
+        else:
+            rows, problems = verify_golden(args.path, rtol=args.rtol)
+            print(f"{'case':<7} {'quantity':<9} {'max rel error':>13}  result (rtol {args.rtol:g})")
+            for case, key, err, passed in rows:
+                print(f"{case:<7} {key:<9} {err:>13.2e}  {'pass' if passed else 'FAIL'}")
+            for problem in problems:
+                print(f"problem: {problem}")
+            failed = [f"{case}/{key}" for case, key, _, passed in rows if not passed]
+            status = 1 if failed or problems or not rows else 0
+            print("verify: " + ("passed" if status == 0 else f"FAILED ({len(failed)} quantities, "
+                                                               f"{len(problems)} problems)"))
+            out = {"path": args.path, "rtol": args.rtol, "passed": status == 0, "failed": failed,
+                   "problems": problems, "checked": len(rows),
+                   "max_error": max((r[2] for r in rows), default=None)}
+    except (TypeError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
