@@ -262,7 +262,7 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
         size2[rows] = np.einsum("ij,ij->i", new, new)
         total, size = math.sqrt(w2 @ bound2), math.sqrt(w2 @ size2)
         if not (math.isfinite(total) and math.isfinite(size)):
-            raise NotConvergedError(f"{what}: the iteration overflowed at sweep {k} (rho = {rho:.6g})",
+            raise NotConvergedError(f"{what}: the iterates overflowed float64 at sweep {k} (rho = {rho:.6g}): are the inputs huge?",
                                     iterations=k, error_bound=math.inf)
         if total <= tol * size:
             return U, {"iterations": k, "work": work / n, "error_bound": total if certified else math.inf,
@@ -394,7 +394,9 @@ def _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0):
         out += V[rows]
 
     U = V.copy() if U0 is None else np.array(U0, dtype=np.float64)  # (N, m)
-    U, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint", weights=np.abs(r))
+    w = np.abs(r)  # (N,) the stop rule is homogeneous in w: scale it to max 1 (no overflow)
+    w = w / w.max() if w.max() > 0 else w
+    U, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint", weights=w)
     info["U"] = U
     return r[:, None] * U, info  # G = diag(r) U, (N, m)
 
@@ -432,7 +434,8 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 
     Returns (loss, Params(dA, dW, dv)), or with return_info=True (loss, grads, info),
     info = {Z, G, U, r, forward, adjoint}: the two solves' infos (adjoint and U are
-    None if no adjoint was needed, or method is "direct").
+    None if no adjoint was needed, or method is "direct"). A loss that overflows float64
+    raises FloatingPointError.
     """
     A, W, v = _check_params(params)
     X = _check_X(X, W.shape[1])
@@ -450,7 +453,10 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 
     Z, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
     r = Z @ v - y  # (N,)
-    loss = 0.5 * float(r @ r)
+    with np.errstate(over="ignore"):
+        loss = 0.5 * float(r @ r)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss overflowed float64 (Phi = {loss}, max |r_i| = {np.abs(r).max():.3g})")
     G, backward = None, None
     if "A" in wrt or "W" in wrt:
         if method == "direct":
@@ -581,10 +587,8 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
                 theta, X, y, gamma, wrt=train, tol=tol, max_iter=max_iter, A_norm=A_norm,
                 Z0=_extrapolate(Zs) if warm_start else None,
                 U0=_extrapolate(Us) if warm_start else None, return_info=True)
-        except NotConvergedError as e:
+        except (NotConvergedError, FloatingPointError) as e:
             raise stop(k, str(e)) from e
-        if not math.isfinite(loss):
-            raise stop(k, f"the loss is not finite ({loss})")
         good = theta
         Zs, Us = (info["Z"],) + Zs[:2], (info["U"],) + Us[:2]
         rec["loss"].append(loss)
