@@ -7,9 +7,10 @@ Reference implementation and correctness oracle of
     python implicit_gd.py demo      # train, certify, summarise: a few seconds
     python -m pytest -q             # the test suite
 
-One file, NumPy only, read top to bottom: notation -> model and equilibrium
-solver -> implicit gradient -> gradient descent and gradient flow -> theory
-diagnostics -> golden vectors -> command line.
+One file of about 1200 lines, NumPy only, read top to bottom: notation -> input
+checks -> model and equilibrium solver -> implicit gradient -> gradient descent and
+gradient flow -> theory diagnostics -> demo and sweep -> bench -> golden vectors ->
+command line.
 
 Legend: N samples, d inputs, m width.
     X (N, d) inputs, one sample per row      y (N,) targets
@@ -34,6 +35,8 @@ import math
 import numbers
 import sys
 import time
+import zipfile
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -150,11 +153,23 @@ def _check_start(name, U, shape):
     return U
 
 
-def _check_train(train):
+def _check_Z_r(Z, r, m):
+    Z = _array("Z", Z, 2)
+    if Z.shape[1] != m:
+        raise ValueError(f"Z must have shape (N, m) = (N, {m}), got {Z.shape}")
+    r = _array("r", r, 1)
+    if r.shape != (Z.shape[0],):
+        raise ValueError(f"r must have shape (N,) = ({Z.shape[0]},), got {r.shape}")
+    return Z, r
+
+
+def _check_train(train, name="train"):
+    if not isinstance(train, (str, tuple, list)):
+        raise TypeError(f"{name} must be a subset of {PARAM_NAMES}, got {train!r}")
     names = (train,) if isinstance(train, str) else tuple(train)
     bad = [t for t in names if t not in PARAM_NAMES]
     if bad or not names or len(set(names)) != len(names):
-        raise ValueError(f"train must be a non-empty subset of {PARAM_NAMES}, got {train!r}")
+        raise ValueError(f"{name} must be a non-empty subset of {PARAM_NAMES}, got {train!r}")
     return tuple(t for t in PARAM_NAMES if t in names)
 
 
@@ -197,7 +212,7 @@ def norm_bound(A):
     singular value.
     """
     A = _array("A", A, 2)
-    m = A.shape[1]
+    m = max(A.shape)
     lam = np.linalg.eigvalsh(A.T @ A)[-1]
     return math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * m * m * EPS)
 
@@ -207,7 +222,14 @@ def _rho(A, gamma, A_norm, allow_ill_posed):
     if A_norm is None:
         A_norm = norm_bound(A)
     else:
-        A_norm = _positive("A_norm", A_norm)
+        if isinstance(A_norm, bool) or not isinstance(A_norm, numbers.Real) or not (
+                math.isfinite(A_norm) and A_norm >= 0):
+            raise ValueError(f"A_norm must be a finite number >= 0, got {A_norm!r}")
+        column = float(np.sqrt(np.einsum("ij,ij->j", A, A)).max())  # max_j ||A e_j|| <= ||A||_2
+        if A_norm < column:
+            raise ValueError(f"A_norm = {A_norm:.6g} is not an upper bound of ||A||_2: the largest "
+                             f"column norm of A is {column:.6g}")
+        A_norm = float(A_norm)
     rho = gamma * A_norm
     if rho >= 1.0 and not allow_ill_posed:
         raise NotWellPosedError(
@@ -235,10 +257,12 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
 
     apply(U_rows, rows, out) writes the map of U_rows = U[rows] into out; U is overwritten
     (the caller passes its own copy). info: iterations (sweeps), work (row updates / n,
-    in units of full sweeps: the cost), error_bound, rho, certified, tol.
+    in units of full sweeps: the cost), error_bound (of ||diag(w) (U_k - U*)||_F), rho,
+    certified, tol.
     """
     n = U.shape[0]
-    w2 = np.ones(n) if weights is None else weights**2  # (n,)
+    w_max = 1.0 if weights is None or not weights.any() else float(weights.max())
+    w2 = np.ones(n) if weights is None else (weights / w_max) ** 2  # (n,) scaled: no overflow
     certified = rho < 1.0
     factor = rho / (1.0 - rho) if certified else 1.0
     bound2 = np.full(n, np.inf)  # (n,) e_i^2
@@ -264,16 +288,17 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
         if not (math.isfinite(total) and math.isfinite(size)):
             raise NotConvergedError(f"{what}: the iterates overflowed float64 at sweep {k} (rho = {rho:.6g}): are the inputs huge?",
                                     iterations=k, error_bound=math.inf)
-        if total <= tol * size:
-            return U, {"iterations": k, "work": work / n, "error_bound": total if certified else math.inf,
-                       "rho": float(rho), "certified": bool(certified), "tol": tol}
+        if total <= tol * size:  # homogeneous in w: the scaling of w does not change it
+            bound = w_max * total if certified else math.inf
+            return U, {"iterations": k, "work": work / n, "error_bound": bound, "rho": float(rho),
+                       "certified": bool(certified), "tol": tol}
         rows = np.flatnonzero(w2 * bound2 > (tol * size) ** 2 / n)  # not empty: total > tol size
         if 2 * rows.size > n:
             rows = slice(None)
     raise NotConvergedError(
         f"{what}: not converged in max_iter = {max_iter} sweeps: error bound {total:.3e} > "
         f"tol * size = {tol * size:.3e} (rho = {rho:.6g}); raise max_iter, or tol if it is "
-        "below the rounding floor (~1e-15)", iterations=max_iter, error_bound=total)
+        "below the rounding floor (~1e-15)", iterations=max_iter, error_bound=w_max * total)
 
 
 def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, A_norm=None,
@@ -287,12 +312,15 @@ def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, A_norm
     rho is certified from norm_bound(A), or from A_norm (a known upper bound of
     ||A||_2) if given; rho >= 1 raises NotWellPosedError unless allow_ill_posed.
 
-    Stop rule: the first k >= 1 with rho/(1-rho) ||Z_k - Z_{k-1}||_F <= tol ||Z_k||_F;
-    the left side bounds ||Z_k - Z||_F. No convergence in max_iter raises NotConvergedError.
+    Stop rule: each row (sample) is its own contraction, with the certified bound
+    e_i = rho/(1-rho) ||z_i^k - z_i^(k-1)|| >= ||z_i^k - z_i|| from its last update; stop
+    at the first sweep with sqrt(sum_i e_i^2) <= tol ||Z_k||_F, which bounds ||Z_k - Z||_F.
+    Rows already within their share are not updated again (see _fixed_point). No
+    convergence in max_iter sweeps raises NotConvergedError.
 
     Parameters: params Params(A (m, m), W (m, d), v (m,)); X (N, d); gamma > 0;
     tol > 0 relative; max_iter > 0; Z0 (N, m) warm start.
-    Returns Z (N, m) and info: iterations, step ||Z_k - Z_{k-1}||_F, error_bound
+    Returns Z (N, m) and info: iterations (sweeps), work (row updates / N), error_bound
     (certified ||Z_k - Z||_F, inf if not certified), rho, certified, tol.
     """
     A, W, _ = _check_params(params)
@@ -365,15 +393,12 @@ def adjoint(params, Z, r, gamma, *, tol=1e-12, max_iter=10_000, U0=None, A_norm=
     Z (N, m) is the equilibrium, r (N,) the residual Z v - y; U0 (N, m) a warm start
     for U (default 1[Z > 0] * 1 v^T). The stop rule is that of equilibrium() with the
     error measured on G: the first k with  bound(||G_k - G||_F) <= tol ||G_k||_F.
-    Returns G (N, m) and info (that of equilibrium(), plus U (N, m)).
+    G is the adjoint of the given Z (its mask): the error of Z itself (certified by
+    equilibrium) is not in this bound. Returns G (N, m) and info (that of equilibrium(),
+    plus U (N, m), certified only as diag(|r|) U: rows with r_i = 0 are not refined).
     """
     A, _, v = _check_params(params)
-    Z = _array("Z", Z, 2)
-    if Z.shape[1] != A.shape[0]:
-        raise ValueError(f"Z must have shape (N, m) = (N, {A.shape[0]}), got {Z.shape}")
-    r = _array("r", r, 1)
-    if r.shape != (Z.shape[0],):
-        raise ValueError(f"r must have shape (N,) = ({Z.shape[0]},), got {r.shape}")
+    Z, r = _check_Z_r(Z, r, A.shape[0])
     gamma = _positive("gamma", gamma)
     tol = _positive("tol", tol)
     max_iter = _positive("max_iter", max_iter, integer=True)
@@ -394,9 +419,7 @@ def _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0):
         out += V[rows]
 
     U = V.copy() if U0 is None else np.array(U0, dtype=np.float64)  # (N, m)
-    w = np.abs(r)  # (N,) the stop rule is homogeneous in w: scale it to max 1 (no overflow)
-    w = w / w.max() if w.max() > 0 else w
-    U, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint", weights=w)
+    U, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint", weights=np.abs(r))
     info["U"] = U
     return r[:, None] * U, info  # G = diag(r) U, (N, m)
 
@@ -404,13 +427,13 @@ def _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0):
 def adjoint_direct(params, Z, r, gamma):
     """The same G by a direct solve per sample: (I - gamma D_i A)^T a_i = r_i v, g_i = D_i a_i.
 
-    O(N m^3): the independent cross-check of adjoint() for small m. Needs rho < 1
-    only for the solves to be non-singular; it checks nothing else.
+    O(N m^3): the independent cross-check of adjoint() for small m. rho < 1 makes
+    every I - gamma D_i A invertible; rho >= 1 raises NotWellPosedError.
     """
     A, _, v = _check_params(params)
-    Z = _array("Z", Z, 2)
-    r = _array("r", r, 1)
+    Z, r = _check_Z_r(Z, r, A.shape[0])
     gamma = _positive("gamma", gamma)
+    _rho(A, gamma, None, False)
     m = A.shape[0]
     G = np.zeros_like(Z)  # (N, m)
     for i in range(Z.shape[0]):
@@ -427,7 +450,8 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
         dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r,
         G = 1[H > 0] * (r v^T + gamma G A),   r = Z v - y
 
-    (derivation above). wrt names the gradients wanted; the others come back as None,
+    (derivation above). The gradient's error is that of the two certified solves: Z to
+    tol, and G to tol given Z. wrt names the gradients wanted; the others come back as None,
     and with wrt=("v",) no adjoint is solved. method "fixed_point" (certified Picard,
     warm starts Z0 and U0) or "direct" (per-sample linear solves, small m). Solver
     keywords as in equilibrium(); both solves use the same certified rho.
@@ -441,7 +465,7 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     X = _check_X(X, W.shape[1])
     y = _check_y(y, X.shape[0])
     gamma = _positive("gamma", gamma)
-    wrt = _check_train(wrt)
+    wrt = _check_train(wrt, "wrt")
     tol = _positive("tol", tol)
     max_iter = _positive("max_iter", max_iter, integer=True)
     shape = (X.shape[0], A.shape[0])
@@ -481,9 +505,10 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 #      steps h = t_end / n <= dt; an Euler step is a GD step with lr = h, so both run
 #      the same loop, and GF's history is indexed by t = k h.
 #
-# Each step warm-starts the two solves from the linear extrapolation 2 S_k - S_{k-1}
-# of the last two solutions S = Z and S = U (U, not G: it does not move with the
-# residual). The certificate is always that of the final Picard step, whatever the start.
+# Each step warm-starts the two solves from the quadratic extrapolation
+# 3 S_k - 3 S_{k-1} + S_{k-2} of the last three solutions S = Z and S = U (U, not G: it
+# does not move with the residual). The certificate is always that of the final Picard
+# sweep, whatever the start.
 #
 # rho is certified along training without an eigensolve per step:
 #     ||A + dA||_2 <= ||A||_2 + ||dA||_F,
@@ -528,12 +553,15 @@ def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=N
     """
     t_end = _positive("t_end", t_end)
     dt = _positive("dt", dt)
-    n = max(1, math.ceil(t_end / dt - 1e-9))  # 1e-9: t_end/dt = 10.000000000001 is 10 steps
+    n = max(1, math.ceil(t_end / dt * (1 - 4 * EPS)))  # t_end/dt = 10 (1 + eps) is 10 steps
     h = t_end / n
-    params, history = _train(params, X, y, gamma, h, n, train, target, tol, max_iter, lambda_min,
-                             warm_start, log_every, lambda k: f"GF t {k * h:.4g}")
-    history["t"] = h * np.arange(history["loss"].size)
-    history["h"] = h
+    try:
+        params, history = _train(params, X, y, gamma, h, n, train, target, tol, max_iter, lambda_min,
+                                 warm_start, log_every, lambda k: f"GF t {k * h:.4g}")
+    except TrainingError as e:
+        e.history.update(t=h * np.arange(e.history["loss"].size), h=h)
+        raise
+    history.update(t=h * np.arange(history["loss"].size), h=h)
     return params, history
 
 
@@ -554,7 +582,7 @@ def _extrapolate(past):
 def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track_lambda,
            warm_start, log_every, where):
     """The loop of gradient_descent and gradient_flow (an Euler step is a GD step)."""
-    theta = _check_params(params)
+    theta = Params(*(p.copy() for p in _check_params(params)))  # frozen ones are returned too
     X = _check_X(X, theta.W.shape[1])
     y = _check_y(y, X.shape[0])
     gamma = _positive("gamma", gamma)
@@ -601,7 +629,7 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
         done = k == steps or (target is not None and loss <= target * rec["loss"][0])
         if log_every and (k % log_every == 0 or done):
             lam = f"  lambda_min {rec['lambda_min'][-1]:.3e}" if track_lambda else ""
-            print(f"{where(k)}: loss {loss:.6e}  rho {gamma * A_norm:.4f}  iters "
+            print(f"{where(k)}: loss {loss:.6e}  rho {gamma * A_norm:.4f}  sweeps fwd/adj "
                   f"{rec['forward_iters'][-1]:.1f}/{rec['adjoint_iters'][-1]:.1f}{lam}", flush=True)
         if done:
             break
@@ -680,6 +708,8 @@ def linear_rate(loss, t):
     t = _array("t", t, 1)
     if loss.shape != t.shape or loss.size < 2 or (loss <= 0).any():
         raise ValueError("loss must be positive, at least two values, shaped like t")
+    if not (np.diff(t) > 0).all():
+        raise ValueError("t must be strictly increasing")
     slope = np.polyfit(t, np.log(loss), 1)[0]
     return float(-slope)
 
@@ -689,8 +719,13 @@ def gronwall_bound(loss0, lambda_mins, h):
 
     Exact for the flow (d Phi/dt = -||grad||^2 <= -||Z^T r||^2 <= -2 lambda_min Phi), with the
     integral as a left Riemann sum on the Euler grid (so it holds up to O(h) along Euler).
+    Negative lambda_mins (rounding) count as 0.
     """
-    lam = np.maximum(_array("lambda_mins", lambda_mins, 1), 0.0)
+    loss0 = float(_array("loss0", loss0, 0))
+    if loss0 < 0:
+        raise ValueError(f"loss0 must be >= 0, got {loss0}")
+    h = _positive("h", h)
+    lam = np.maximum(_array("lambda_mins", lambda_mins, 1), 0.0)  # negative: rounding of a PSD eigenvalue
     integral = np.concatenate([[0.0], np.cumsum(lam[:-1]) * h])  # (n + 1,)
     return loss0 * np.exp(-2.0 * integral)
 
@@ -699,14 +734,17 @@ def pl_ratios(history):
     """||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k) per step: the PL inequality holds where >= 1.
 
     ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r >= 2 lambda_min(Z Z^T) Phi, so it holds
-    whenever v is trained (history from a run with lambda_min=True). inf where lambda_min = 0.
+    whenever v is trained (history from a run with lambda_min=True). inf where lambda_min Phi = 0.
     """
+    if not isinstance(history, dict) or not {"train", "grad_norm", "loss"} <= history.keys():
+        raise ValueError("history must be the history dict of gradient_descent or gradient_flow")
     if "v" not in history["train"]:
-        raise ValueError("the PL inequality through the output layer needs v in train")
+        raise ValueError("the PL inequality through the output layer needs v in history['train']")
     if "lambda_min" not in history:
         raise ValueError("history has no lambda_min: train with lambda_min=True")
-    with np.errstate(divide="ignore"):
-        return history["grad_norm"] ** 2 / (2.0 * history["lambda_min"] * history["loss"])
+    lower = 2.0 * history["lambda_min"] * history["loss"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 >= 0 holds: ratio inf
+        return np.where(lower > 0, history["grad_norm"] ** 2 / lower, np.inf)
 
 
 # ---- demo and sweep: the paper's two claims, runnable ----
@@ -726,6 +764,9 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     """
     say = _say(quiet)
     start = time.perf_counter()
+    steps, target = _positive("steps", steps, integer=True), _positive("target", target)
+    lr, t_end, dt = (None if x is None else _positive(name, x)
+                     for name, x in (("lr", lr), ("t_end", t_end), ("dt", dt)))
     m = 2 * N if m is None else m
     X, y = make_data(N, d, seed=seed)
     params = init_params(d, m, seed=seed)
@@ -735,7 +776,7 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     say("data: x_i uniform on the unit sphere, y_i = sin(3 <u, x_i>) for a random unit u")
     say(f"init: A ~ N(0, 1/m), W ~ N(0, 2/d), v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {rho0:.4f}")
     Z0, _ = equilibrium(params, X, gamma)
-    lr = 1.0 / np.linalg.norm(Z0, 2) ** 2 if lr is None else _positive("lr", lr)
+    lr = 1.0 / np.linalg.norm(Z0, 2) ** 2 if lr is None else lr
 
     check = gradient_check(params, X, y, gamma, seed=seed)
     say(f"gradient check (central differences, h = 1e-6, random directions): max rel error "
@@ -765,8 +806,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     say(f"GD: PL inequality ||grad||^2 >= 2 lambda_min(Z Z^T) Phi at every step: "
         f"{'yes' if (pl >= 1.0).all() else 'NO'} (smallest ratio {pl.min():.3g})")
 
-    t_end = 0.5 * k * lr if t_end is None else _positive("t_end", t_end)
-    dt = 0.5 * lr if dt is None else _positive("dt", dt)
+    t_end = 0.5 * max(k, 1) * lr if t_end is None else t_end
+    dt = 0.5 * lr if dt is None else dt
     say(f"GF: explicit Euler, dt = {dt:.4g}, t_end = {t_end:.4g}")
     gf_final, gf = gradient_flow(params, X, y, gamma, t_end=t_end, dt=dt, lambda_min=True,
                                  log_every=max(1, log_every) * 2 if log_every else 0)
@@ -936,6 +977,9 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=20, quiet=False
     K_f, K_b: the forward and adjoint work in full (N x m)(m x m) sweeps; the 3 are
     gamma G^T Z, G^T X (and X W^T), counted generously; t_gemm: the median time of one
     (N x m)(m x m) product in the same run. gemm_ratio = time / ((K_f + K_b + 3) t_gemm).
+    Warm starts: sweeps per GD step warm over cold, on the first warm_steps steps from
+    initialisation at (N/4, m/2) (warm_cold_ratio: the hard phase, where v and the
+    residual move fast) and on the demo's problem trained to 1e-10.
     """
     say = _say(quiet)
     gamma = 0.25
@@ -979,32 +1023,37 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=20, quiet=False
         f"({info['forward']['iterations'] + info['adjoint']['iterations']} iterations), "
         f"{peak_loose / 8 / words:.2f} at tol 1e-4 ({loose['forward']['iterations'] + loose['adjoint']['iterations']})")
 
-    n_w, m_w = max(1, N // 4), max(1, m // 2)
-    Xw, yw = make_data(n_w, d, seed=seed)
-    pw = init_params(d, m_w, seed=seed)
-    Zw, _ = equilibrium(pw, Xw, gamma)
-    lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
-    work = {}
-    for warm in (True, False):
-        _, h = gradient_descent(pw, Xw, yw, gamma, lr=lr, steps=warm_steps, warm_start=warm)
-        work[warm] = float((h["forward_iters"][1:] + h["adjoint_iters"][1:]).mean())
-    warm_cold = work[True] / work[False]
-    say(f"  warm start ({warm_steps} GD steps at N = {n_w}, m = {m_w}, lr = 1/||Z(0)||_2^2): "
-        f"{work[True]:.2f} sweeps per step warm, {work[False]:.2f} cold, ratio {warm_cold:.3f}")
+    def warm_over_cold(n, mm, dd, steps, target):
+        """Mean sweeps (forward + adjoint) per GD step after the first, warm / cold start."""
+        Xw, yw = make_data(n, dd, seed=seed)
+        pw = init_params(dd, mm, seed=seed)
+        Zw, _ = equilibrium(pw, Xw, gamma)
+        lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
+        work = []
+        for warm in (True, False):
+            _, h = gradient_descent(pw, Xw, yw, gamma, lr=lr, steps=steps, target=target, warm_start=warm)
+            work.append(float((h["forward_iters"][1:] + h["adjoint_iters"][1:]).mean()))
+        say(f"  warm start, GD at N = {n}, m = {mm}, d = {dd}, lr = 1/||Z(0)||_2^2, {h['loss'].size - 1} "
+            f"steps: {work[0]:.2f} sweeps per step warm, {work[1]:.2f} cold, ratio {work[0] / work[1]:.3f}")
+        return work[0] / work[1]
+
+    first = warm_over_cold(max(1, N // 4), max(1, m // 2), d, warm_steps, None)
+    whole = warm_over_cold(32, 64, 16, 3000, 1e-10)  # the demo's problem, trained to 1e-10
     return {"N": N, "m": m, "d": d, "repeats": repeats, "k_forward": k_f, "k_adjoint": k_b,
             "iterations_forward": info["forward"]["iterations"],
             "iterations_adjoint": info["adjoint"]["iterations"], "seconds": t, "t_gemm": t_gemm,
             "t_norm_bound": t_norm, "gemm_ratio": ratio, "exponent_N": exp_N, "exponent_m": exp_m,
             "peak_extra_bytes": int(peak), "peak_extra_words_per_Nm_m2": peak / 8 / words,
-            "peak_extra_bytes_tol_1e-4": int(peak_loose), "warm_sweeps_per_step": work[True],
-            "cold_sweeps_per_step": work[False], "warm_cold_ratio": warm_cold}
+            "peak_extra_bytes_tol_1e-4": int(peak_loose), "warm_cold_ratio": first,
+            "warm_cold_ratio_demo_to_convergence": whole}
 
 
 # ---- golden vectors: export for other implementations, verify theirs ----
 #
 # Key scheme of the .npz (all float64 except the int64 counts; no object arrays):
 #   meta/version (=1), meta/cases (=C)
-#   case{c}/A (m, m), W (m, d), v (m,), X (N, d), y (N,), gamma (), tol ()      inputs
+#   case{c}/A (m, m), W (m, d), v (m,), X (N, d), y (N,), gamma ()               inputs
+#   case{c}/tol ()  the tolerance the writer solved to (verify always solves at 1e-13)
 #   case{c}/Z (N, m), yhat (N,), loss (), dA (m, m), dW (m, d), dv (m,)         outputs at theta
 #   case{c}/train (3,)  1.0 where A, W, v (in that order) are trained by the GD steps
 #   case{c}/lr (), case{c}/steps ()                                               GD settings
@@ -1014,6 +1063,7 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=20, quiet=False
 GOLDEN_VERSION = 1
 GOLDEN_INPUTS = ("A", "W", "v", "X", "y", "gamma", "tol", "train", "lr", "steps")
 GOLDEN_OUTPUTS = ("Z", "yhat", "loss", "dA", "dW", "dv", "gd_A", "gd_W", "gd_v", "gd_loss")
+GOLDEN_SCALARS = ("gamma", "tol", "lr", "steps", "loss")
 REFERENCE_TOL = 1e-13  # the tolerance export and verify solve at
 
 
@@ -1073,44 +1123,63 @@ def verify_golden(path, rtol=1e-8):
 
     Returns (rows, problems): rows (case, quantity, max relative error, passed), with
     error = max|ours - theirs| / max|ours|; problems lists what could not be checked
-    (a missing key, a wrong shape, an object array, bad inputs), each named. The
-    file passes when problems is empty and every error <= rtol. Never unpickles.
+    (an unreadable file, a wrong version or case count, a missing key, a wrong shape or
+    dtype, an object array, inputs the API refuses), each named. The file passes when
+    problems is empty, rows is not, and every error <= rtol. Never unpickles.
     """
     rtol = _positive("rtol", rtol)
     rows, problems = [], []
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        return rows, [f"{path}: cannot be read as .npz ({e})"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        return rows, [f"{path}: cannot be read as .npz ({type(e).__name__}: {e})"]
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        return rows, [f"{path}: holds a single array (.npy), not an .npz archive of named arrays"]
     with data:
-        def get(key):
+        def get(key, shape=None):
             if key not in data.files:
                 problems.append(f"missing key {key}")
                 return None
             try:
-                return data[key]
-            except ValueError as e:  # an object array, refused without unpickling
-                problems.append(f"{key}: {e}")
+                a = data[key]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+                problems.append(f"{key}: cannot be read ({e})")  # object arrays land here
                 return None
+            if a.dtype.kind not in "biuf":
+                problems.append(f"{key}: dtype {a.dtype} is not a real number type")
+            elif shape is not None and a.shape != shape:
+                problems.append(f"{key}: shape {a.shape}, expected {shape}")
+            else:
+                return a
+            return None
 
-        count = get("meta/cases")
-        if count is None:
+        version, count = get("meta/version", ()), get("meta/cases", ())
+        if version is None or count is None:
             return rows, problems
-        if count.shape != () or count.dtype.kind not in "iu":
-            return rows, problems + [f"meta/cases must be an integer scalar, got {count.dtype} {count.shape}"]
+        if version != GOLDEN_VERSION:
+            return rows, problems + [f"meta/version is {version}; this verify reads version {GOLDEN_VERSION}"]
+        present = sorted({key.split("/")[0] for key in data.files if key.startswith("case")})
+        if count < 1 or count != int(count) or present != sorted(f"case{c}" for c in range(int(count))):
+            return rows, problems + [f"meta/cases = {count} does not match the cases in the file {present}"]
         for c in range(int(count)):
-            case = {key: get(f"case{c}/{key}") for key in GOLDEN_INPUTS + GOLDEN_OUTPUTS}
+            case = {key: get(f"case{c}/{key}", () if key in GOLDEN_SCALARS else None)
+                    for key in GOLDEN_INPUTS + GOLDEN_OUTPUTS}
             if any(val is None for val in case.values()):
                 continue
-            bad = [k for k, val in case.items() if val.dtype.kind not in "biuf"]
-            if bad:
-                problems.append(f"case{c}: non-numeric arrays {bad}")
+            if case["train"].shape != (3,) or not np.isin(case["train"], (0, 1)).all():
+                problems.append(f"case{c}/train: must be 3 entries of 0 or 1, got {case['train']!r}")
                 continue
-            train = tuple(p for p, t in zip(PARAM_NAMES, case["train"].ravel()) if t)
+            if not (1 <= case["steps"] <= 1000 and case["steps"] == int(case["steps"])):
+                problems.append(f"case{c}/steps: must be an integer from 1 to 1000, got {case['steps']}")
+                continue
+            if not (0 < case["tol"] < 1):
+                problems.append(f"case{c}/tol: must be in (0, 1), got {case['tol']}")
+                continue
+            train = tuple(p for p, t in zip(PARAM_NAMES, case["train"]) if t)
             try:
                 ours = _golden_case(case["A"], case["W"], case["v"], case["X"], case["y"],
                                     float(case["gamma"]), train, float(case["lr"]), int(case["steps"]))
-            except (TypeError, ValueError, RuntimeError) as e:
+            except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
                 problems.append(f"case{c}: inputs refused: {e}")
                 continue
             for key in GOLDEN_OUTPUTS:
@@ -1214,7 +1283,7 @@ def main(argv=None):
             out = {"path": args.path, "rtol": args.rtol, "passed": status == 0, "failed": failed,
                    "problems": problems, "checked": len(rows),
                    "max_error": max((r[2] for r in rows), default=None)}
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
