@@ -510,9 +510,10 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 # does not move with the residual). The certificate is always that of the final Picard
 # sweep, whatever the start.
 #
-# rho is certified along training without an eigensolve per step:
-#     ||A + dA||_2 <= ||A||_2 + ||dA||_F,
-# a running upper bound (inflated by 1 + 2 m^2 eps for the rounding of the update and
+# rho is certified along training without an eigensolve per step: with A_ref the A of
+# the last exact norm_bound,
+#     ||A_k||_2 <= ||A_ref||_2 + ||A_k - A_ref||_F,
+# an O(m^2) upper bound (inflated by 1 + 2 m^2 eps for the rounding of the difference and
 # of the norm), recomputed by norm_bound(A) when the margin 1 - gamma ||A||_2 has
 # shrunk to half of its value at the last exact computation. If the exact rho reaches
 # 1, training stops: the equilibrium is no longer certified to be well-posed.
@@ -594,9 +595,9 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
         raise ValueError(f"log_every must be a non-negative integer, got {log_every!r}")
     m = theta.A.shape[0]
 
-    A_norm = norm_bound(theta.A)
+    A_norm = ref_norm = norm_bound(theta.A)
     _rho(theta.A, gamma, A_norm, False)  # NotWellPosedError before any work if rho >= 1
-    margin = 1.0 - gamma * A_norm  # at the last exact norm
+    A_ref, margin = theta.A, 1.0 - gamma * A_norm  # A and 1 - rho at the last exact norm
     rec = {"loss": [], "rho": [], "forward_iters": [], "adjoint_iters": [], "grad_norm": []}
     if track_lambda:
         rec["lambda_min"] = []
@@ -637,10 +638,11 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
         new = Params(*(p if g is None else p - step * g for p, g in zip(theta, grads)))
         if not all(np.isfinite(p).all() for p in new):
             raise stop(k + 1, "the parameters became non-finite")
-        if grads.A is not None:
-            A_norm = (A_norm + float(np.linalg.norm(new.A - theta.A))) * (1.0 + 2.0 * m * m * EPS)
+        if grads.A is not None:  # ||A_k||_2 <= ||A_ref||_2 + ||A_k - A_ref||_F
+            A_norm = (ref_norm + float(np.linalg.norm(new.A - A_ref))) * (1.0 + 2.0 * m * m * EPS)
             if 1.0 - gamma * A_norm < 0.5 * margin:
-                A_norm = norm_bound(new.A)
+                A_norm = ref_norm = norm_bound(new.A)
+                A_ref = new.A
                 margin = 1.0 - gamma * A_norm
                 history["norm_refreshes"] += 1
                 if margin <= 0.0:
@@ -833,21 +835,20 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     say(f"summary: {'reached' if summary['reached_target'] else 'did NOT reach'} {target:g} of the "
         f"initial loss in {k} GD steps, well-posed throughout, observed rate "
         f"{rate_obs / max(rate_cert, 1e-300):.1f}x the certified one; {seconds:.1f} s")
-    if plot:
-        _plot(plot, hist, gf, bound)
+    if plot and _plot(plot, hist, gf, bound):
         say(f"plot written to {plot}")
     return summary
 
 
 def _plot(path, hist, gf, bound):
-    """log loss against GD step and against GF time, and the certified rho along GD."""
+    """log loss against GD step and against GF time, and the certified rho along GD; False if no matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("--plot needs matplotlib: pip install matplotlib", file=sys.stderr)
-        return
+        return False
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
     ax[0].semilogy(hist["loss"])
     ax[0].set(xlabel="GD step k", ylabel="loss", title="GD")
@@ -861,15 +862,16 @@ def _plot(path, hist, gf, bound):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _run(params, X, y, gamma, lr, steps, target):
-    """GD for the sweep; returns the history and the failure reason (None if it ran through)."""
+    """GD for the sweep: (final params, history, failure reason or None)."""
     try:
-        _, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target)
-        return hist, None
+        final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target)
+        return final, hist, None
     except TrainingError as e:
-        return e.history, e.reason
+        return e.params, e.history, e.reason
 
 
 def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
@@ -880,8 +882,8 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
     (lambda_min > 0 for every seed), the observed linear rate per step with
     lr = 1 / ||Z(0)||_2^2, steps to Phi <= target Phi(0), max certified gamma ||A||_2.
     Scale: m = 2 N, gamma = fraction / ||A(0)||_2, GD until target; max certified
-    gamma ||A(t)||_2, runs well-posed throughout, final loss / initial (geometric mean),
-    forward sweeps per step.
+    gamma ||A(t)||_2 (the running upper bound) and the exact gamma ||A||_2 at the end (SVD),
+    runs well-posed throughout, final loss / initial (geometric mean), forward sweeps per step.
     """
     say = _say(quiet)
     width, scale = [], []
@@ -893,7 +895,7 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
             X, y = make_data(N, d, seed=seed)
             params = init_params(d, m, seed=seed)
             Z0, _ = equilibrium(params, X, 0.25)
-            hist, fail = _run(params, X, y, 0.25, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
+            _, hist, fail = _run(params, X, y, 0.25, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
             loss = hist["loss"]
             reached = fail is None and loss[-1] <= target * loss[0]
             rows.append((lambda_min(Z0), linear_rate(loss, np.arange(loss.size)),
@@ -912,11 +914,12 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
             params = init_params(d, 2 * N, seed=seed)
             gamma = frac / norm_bound(params.A)
             Z0, _ = equilibrium(params, X, gamma)
-            hist, fail = _run(params, X, y, gamma, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
-            rows.append((gamma, hist["rho"].max(), fail is None, hist["loss"][-1] / hist["loss"][0],
-                         hist["forward_iters"].mean()))
-        gam, rho, ok, rel, fwd = zip(*rows)
+            final, hist, fail = _run(params, X, y, gamma, 1.0 / np.linalg.norm(Z0, 2) ** 2, steps, target)
+            rows.append((gamma, hist["rho"].max(), gamma * np.linalg.norm(final.A, 2), fail is None,
+                         hist["loss"][-1] / hist["loss"][0], hist["forward_iters"].mean()))
+        gam, rho, rho_end, ok, rel, fwd = zip(*rows)
         scale.append({"fraction": frac, "gamma": float(np.mean(gam)), "rho_max": float(max(rho)),
+                      "rho_end_exact": float(max(rho_end)),
                       "well_posed_runs": sum(ok), "runs": len(ok),
                       "loss_ratio_final": float(np.exp(np.mean(np.log(rel)))),
                       "forward_sweeps_per_step": float(np.mean(fwd))})
@@ -939,9 +942,10 @@ def format_sweep(result):
                      f"{hit:>15}  {r['rho_max']:.3f}")
     lines += ["", f"Scale (N = {result['N']}, m = {2 * result['N']}, gamma = fraction / ||A(0)||_2, "
               f"until {result['target']:g} of the initial loss or {result['steps']} steps):",
-              "  gamma||A(0)||  gamma   max certified gamma||A(t)||  well-posed  loss/loss0  sweeps/step"]
+              "  gamma||A(0)||  gamma   max certified gamma||A(t)||  exact at end  well-posed  "
+              "loss/loss0  sweeps/step"]
     for r in result["scale"]:
-        lines.append(f"  {r['fraction']:<13g} {r['gamma']:.4f}  {r['rho_max']:>27.4f}  "
+        lines.append(f"  {r['fraction']:<13g} {r['gamma']:.4f}  {r['rho_max']:>27.4f}  {r['rho_end_exact']:>12.4f}  "
                      f"{r['well_posed_runs']:>4d}/{r['runs']:<5d}  {r['loss_ratio_final']:>10.2e}  "
                      f"{r['forward_sweeps_per_step']:>11.1f}")
     return "\n".join(lines)
