@@ -555,16 +555,6 @@ def test_verify_names_a_perturbed_gradient(golden, tmp_path):
     (lambda a: a.pop("case1/dA"), "missing key case1/dA"),
     (lambda a: a.update({"case0/dv": a["case0/dv"][:-1]}), "case0/dv: shape"),
     (lambda a: a.update({"case3/y": np.array([object()] * 20, dtype=object)}), "case3/y"),
-])
-def test_verify_refuses_malformed_files_by_name(golden, tmp_path, change, message):
-    bad = tmp_path / "bad.npz"
-    _rewrite(golden, bad, change)
-    rows, problems = ig.verify_golden(bad)
-    assert any(message in p for p in problems), problems
-    assert ig.main(["verify", str(bad)]) == 1
-
-
-@pytest.mark.parametrize("change, message", [
     (lambda a: a.update({"meta/cases": np.int64(5)}), "meta/cases = 5 does not match"),
     (lambda a: a.update({"meta/cases": np.int64(0)}), "meta/cases = 0 does not match"),
     (lambda a: a.update({"meta/version": np.int64(99)}), "meta/version is 99"),
@@ -574,7 +564,7 @@ def test_verify_refuses_malformed_files_by_name(golden, tmp_path, change, messag
     (lambda a: a.update({"case1/train": np.array([1.0, 1.0])}), "case1/train"),
     (lambda a: a.update({"case0/y": 1e200 * a["case0/y"]}), "case0: inputs refused"),
 ])
-def test_verify_refuses_inconsistent_files_by_name(golden, tmp_path, change, message):
+def test_verify_refuses_malformed_files_by_name(golden, tmp_path, change, message):
     bad = tmp_path / "bad.npz"
     _rewrite(golden, bad, change)
     rows, problems = ig.verify_golden(bad)
