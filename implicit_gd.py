@@ -257,23 +257,23 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
 
     apply(U_rows, rows, out) writes the map of U_rows = U[rows] into out; U is overwritten
     (the caller passes its own copy). info: iterations (sweeps), work (row updates / n,
-    in units of full sweeps: the cost), error_bound (of ||diag(w) (U_k - U*)||_F), rho,
-    certified, tol.
+    in units of full sweeps: the cost), step (||diag(w) (U_k - U_(k-1))||_F, each row at its
+    last update), error_bound (of ||diag(w) (U_k - U*)||_F), rho, certified, tol.
     """
     n = U.shape[0]
     w_max = 1.0 if weights is None or not weights.any() else float(weights.max())
     w2 = np.ones(n) if weights is None else (weights / w_max) ** 2  # (n,) scaled: no overflow
     certified = rho < 1.0
     factor = rho / (1.0 - rho) if certified else 1.0
-    bound2 = np.full(n, np.inf)  # (n,) e_i^2
+    step2 = np.full(n, np.inf)  # (n,) ||u_i^k - u_i^(k-1)||^2 at each row's last update
     size2 = np.zeros(n)  # (n,) ||u_i^k||^2
     U_new = np.empty_like(U)  # (n, m)
     rows, work = slice(None), 0  # the rows to update: all, at first
     for k in range(1, max_iter + 1):
-        if isinstance(rows, slice):  # all rows: swap two full buffers
+        if isinstance(rows, slice):  # all rows: two full buffers, swapped
             apply(U, rows, U_new)
             U -= U_new  # U_(k-1) - U_k, in the buffer U_(k-1) no longer needs
-            diff, U, U_new = U, U_new, U
+            diff, U, U_new = U, U_new, U  # U is U_k; diff's buffer takes U_(k+1) next sweep
             new = U
             work += n
         else:  # a few rows: gather, map, scatter
@@ -282,17 +282,19 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
             diff = U[rows] - new
             U[rows] = new
             work += rows.size
-        bound2[rows] = factor**2 * np.einsum("ij,ij->i", diff, diff)
+        step2[rows] = np.einsum("ij,ij->i", diff, diff)
         size2[rows] = np.einsum("ij,ij->i", new, new)
-        total, size = math.sqrt(w2 @ bound2), math.sqrt(w2 @ size2)
-        if not (math.isfinite(total) and math.isfinite(size)):
-            raise NotConvergedError(f"{what}: the iterates overflowed float64 at sweep {k} (rho = {rho:.6g}): are the inputs huge?",
+        step, size = math.sqrt(w2 @ step2), math.sqrt(w2 @ size2)
+        total = factor * step  # sqrt(sum_i (w_i e_i)^2)
+        if not (math.isfinite(step) and math.isfinite(size)):
+            raise NotConvergedError(f"{what}: the iterates overflowed float64 at sweep {k} "
+                                    f"(rho = {rho:.6g}): are the inputs huge?",
                                     iterations=k, error_bound=math.inf)
         if total <= tol * size:  # homogeneous in w: the scaling of w does not change it
             bound = w_max * total if certified else math.inf
-            return U, {"iterations": k, "work": work / n, "error_bound": bound, "rho": float(rho),
-                       "certified": bool(certified), "tol": tol}
-        rows = np.flatnonzero(w2 * bound2 > (tol * size) ** 2 / n)  # not empty: total > tol size
+            return U, {"iterations": k, "work": work / n, "step": w_max * step, "error_bound": bound,
+                       "rho": float(rho), "certified": bool(certified), "tol": tol}
+        rows = np.flatnonzero(factor**2 * w2 * step2 > (tol * size) ** 2 / n)  # w_i e_i > tol size / sqrt(n)
         if 2 * rows.size > n:
             rows = slice(None)
     raise NotConvergedError(

@@ -589,3 +589,14 @@ def test_cli_rejects_bad_values_by_name(capsys):
     assert e.value.code == 2 and "--n" in capsys.readouterr().err
     assert ig.main(["demo", "--n", "6", "--gamma", "5"]) == 2
     assert "not well-posed" in capsys.readouterr().err
+
+
+def test_verify_a_float32_implementation_with_a_looser_rtol(golden, tmp_path):
+    """A float32 implementation's file: every array rounded to float32 (inputs and outputs)."""
+    single = tmp_path / "float32.npz"
+    _rewrite(golden, single, lambda a: a.update(
+        {k: v.astype(np.float32) for k, v in a.items() if v.dtype == np.float64}))
+    rows, problems = ig.verify_golden(single, rtol=1e-4)  # float32 eps 6e-8, x conditioning
+    assert not problems and all(passed for *_, passed in rows), max(r[2] for r in rows)
+    rows, _ = ig.verify_golden(single)  # the float64 default rtol 1e-8 sees the rounding
+    assert not all(passed for *_, passed in rows)
