@@ -177,9 +177,21 @@ def _check_train(train, name="train"):
 
 
 def init_params(d, m, *, seed=0):
-    """Default initialisation: A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v_i ~ N(0, 1/m).
+    """Default initialisation A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v_i ~ N(0, 1/m).
 
     ||A||_2 is about 2 for large m, so the default gamma = 0.25 gives gamma ||A||_2 ~ 0.5.
+
+    Parameters
+    ----------
+    d, m : int
+        Input dimension and width, both positive.
+    seed : int or None
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    Params
+        A (m, m), W (m, d), v (m,), float64.
     """
     d = _positive("d", d, integer=True)
     m = _positive("m", m, integer=True)
@@ -191,7 +203,21 @@ def init_params(d, m, *, seed=0):
 
 
 def make_data(N, d, *, seed=0):
-    """The demo's data: unit-norm inputs x_i and targets y_i = sin(3 <u, x_i>), u a random unit vector."""
+    """The demo's data: unit-norm inputs and smooth targets y_i = sin(3 <u, x_i>).
+
+    Parameters
+    ----------
+    N, d : int
+        Samples and input dimension, both positive.
+    seed : int or None
+        Seed of ``numpy.random.default_rng``; u is a random unit vector drawn from it.
+
+    Returns
+    -------
+    X : ndarray (N, d)
+        Rows uniform on the unit sphere.
+    y : ndarray (N,)
+    """
     N = _positive("N", N, integer=True)
     d = _positive("d", d, integer=True)
     rng = np.random.default_rng(seed)
@@ -204,12 +230,20 @@ def make_data(N, d, *, seed=0):
 
 
 def norm_bound(A):
-    """Certified upper bound of ||A||_2: sqrt(lambda_max(A^T A)) * (1 + 2 m^2 eps).
+    """Certified upper bound of the spectral norm: sqrt(lambda_max(A^T A)) (1 + 2 m^2 eps).
 
-    The factor covers the rounding of forming A^T A (at most m eps ||A||_F^2 <=
-    m^2 eps ||A||_2^2 in 2-norm) and the backward error of the symmetric eigensolver.
-    eigvalsh of A^T A costs about half an SVD; squaring does not hurt the largest
-    singular value.
+    The factor covers the rounding of forming A^T A (at most m eps ||A||_F^2 <= m^2 eps
+    ||A||_2^2 in 2-norm) and the backward error of the symmetric eigensolver. eigvalsh of
+    A^T A costs about half an SVD; squaring does not hurt the largest singular value.
+
+    Parameters
+    ----------
+    A : array_like (m, m)
+
+    Returns
+    -------
+    float
+        An upper bound of ||A||_2, within about 2 m^2 eps of it.
     """
     A = _array("A", A, 2)
     m = max(A.shape)
@@ -305,25 +339,49 @@ def _fixed_point(apply, U, rho, tol, max_iter, what, weights=None):
 
 def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, A_norm=None,
                 allow_ill_posed=False):
-    """Equilibrium features Z = relu(gamma Z A^T + X W^T), by Picard iteration.
+    """Equilibrium features Z = relu(gamma Z A^T + X W^T), by certified Picard iteration.
 
         Z_k = relu(gamma Z_{k-1} A^T + X W^T),   Z_0 = Z0, default relu(X W^T)
 
     Well-posedness: rho = gamma ||A||_2 < 1 makes z -> relu(gamma A z + W x) a
     contraction, so Z exists, is unique, and Z_k -> Z linearly with rate rho.
-    rho is certified from norm_bound(A), or from A_norm (a known upper bound of
-    ||A||_2) if given; rho >= 1 raises NotWellPosedError unless allow_ill_posed.
 
     Stop rule: each row (sample) is its own contraction, with the certified bound
     e_i = rho/(1-rho) ||z_i^k - z_i^(k-1)|| >= ||z_i^k - z_i|| from its last update; stop
     at the first sweep with sqrt(sum_i e_i^2) <= tol ||Z_k||_F, which bounds ||Z_k - Z||_F.
-    Rows already within their share are not updated again (see _fixed_point). No
-    convergence in max_iter sweeps raises NotConvergedError.
+    Rows already within their share are not updated again (see _fixed_point).
 
-    Parameters: params Params(A (m, m), W (m, d), v (m,)); X (N, d); gamma > 0;
-    tol > 0 relative; max_iter > 0; Z0 (N, m) warm start.
-    Returns Z (N, m) and info: iterations (sweeps), work (row updates / N), error_bound
-    (certified ||Z_k - Z||_F, inf if not certified), rho, certified, tol.
+    Parameters
+    ----------
+    params : Params
+        A (m, m), W (m, d), v (m,) (v is not used).
+    X : array_like (N, d)
+    gamma : float > 0
+    tol : float > 0
+        Relative tolerance of the certified error, default 1e-12.
+    max_iter : int > 0
+        Sweeps at most, default 10000.
+    Z0 : array_like (N, m), optional
+        Warm start.
+    A_norm : float, optional
+        A known upper bound of ||A||_2 (checked against the largest column norm);
+        default norm_bound(A).
+    allow_ill_posed : bool
+        Iterate even if rho >= 1, uncertified.
+
+    Returns
+    -------
+    Z : ndarray (N, m)
+    info : dict
+        iterations (sweeps), work (row updates / N), step (last ||Z_k - Z_(k-1)||_F),
+        error_bound (certified ||Z_k - Z||_F; inf if not certified), rho, certified, tol.
+
+    Raises
+    ------
+    NotWellPosedError
+        rho >= 1 and not allow_ill_posed.
+    NotConvergedError
+        The stop rule is not met within max_iter sweeps.
     """
     A, W, _ = _check_params(params)
     X = _check_X(X, W.shape[1])
@@ -350,7 +408,17 @@ def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0):
 
 
 def predict(params, X, gamma, **solver):
-    """yhat = Z v with Z the equilibrium (solver keywords as in equilibrium). Shape (N,)."""
+    """Prediction yhat = Z v, Z the equilibrium.
+
+    Parameters
+    ----------
+    params, X, gamma
+        As in equilibrium; solver keywords are passed on to it.
+
+    Returns
+    -------
+    ndarray (N,)
+    """
     Z, _ = equilibrium(params, X, gamma, **solver)
     return Z @ np.asarray(params[2], dtype=np.float64)
 
@@ -388,16 +456,34 @@ def predict(params, X, gamma, **solver):
 
 def adjoint(params, Z, r, gamma, *, tol=1e-12, max_iter=10_000, U0=None, A_norm=None,
             allow_ill_posed=False):
-    """Masked adjoint G = 1[Z > 0] * (r v^T + gamma G A), as G = diag(r) U (see above).
+    """Masked adjoint G = 1[Z > 0] * (r v^T + gamma G A), solved as G = diag(r) U.
 
-        U = 1[Z > 0] * (1 v^T + gamma U A),   by certified Picard iteration weighted by |r|
+        U = 1[Z > 0] * (1 v^T + gamma U A),   certified Picard iteration weighted by |r|
 
-    Z (N, m) is the equilibrium, r (N,) the residual Z v - y; U0 (N, m) a warm start
-    for U (default 1[Z > 0] * 1 v^T). The stop rule is that of equilibrium() with the
-    error measured on G: the first k with  bound(||G_k - G||_F) <= tol ||G_k||_F.
-    G is the adjoint of the given Z (its mask): the error of Z itself (certified by
-    equilibrium) is not in this bound. Returns G (N, m) and info (that of equilibrium(),
-    plus U (N, m), certified only as diag(|r|) U: rows with r_i = 0 are not refined).
+    The stop rule is that of equilibrium with the error measured on G: stop when the
+    certified bound of ||G_k - G||_F is <= tol ||G_k||_F. G is the adjoint for the given Z
+    (its mask): the error of Z itself, certified by equilibrium, is not in this bound.
+
+    Parameters
+    ----------
+    params : Params
+        A (m, m), W (m, d), v (m,).
+    Z : array_like (N, m)
+        The equilibrium.
+    r : array_like (N,)
+        The residual Z v - y.
+    gamma : float > 0
+    tol, max_iter, A_norm, allow_ill_posed
+        As in equilibrium.
+    U0 : array_like (N, m), optional
+        Warm start for U, default 1[Z > 0] * 1 v^T.
+
+    Returns
+    -------
+    G : ndarray (N, m)
+    info : dict
+        As in equilibrium, for G, plus U (N, m), certified only as diag(|r|) U: rows with
+        r_i = 0 are not refined.
     """
     A, _, v = _check_params(params)
     Z, r = _check_Z_r(Z, r, A.shape[0])
@@ -429,8 +515,21 @@ def _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0):
 def adjoint_direct(params, Z, r, gamma):
     """The same G by a direct solve per sample: (I - gamma D_i A)^T a_i = r_i v, g_i = D_i a_i.
 
-    O(N m^3): the independent cross-check of adjoint() for small m. rho < 1 makes
-    every I - gamma D_i A invertible; rho >= 1 raises NotWellPosedError.
+    O(N m^3): the independent cross-check of adjoint() for small m.
+
+    Parameters
+    ----------
+    params, Z, r, gamma
+        As in adjoint.
+
+    Returns
+    -------
+    G : ndarray (N, m)
+
+    Raises
+    ------
+    NotWellPosedError
+        rho >= 1 (then I - gamma D_i A may be singular).
     """
     A, _, v = _check_params(params)
     Z, r = _check_Z_r(Z, r, A.shape[0])
@@ -447,21 +546,47 @@ def adjoint_direct(params, Z, r, gamma):
 
 def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=10_000,
                   Z0=None, U0=None, A_norm=None, method="fixed_point", return_info=False):
-    """Square loss Phi = 0.5 ||Z v - y||^2 and its gradient by the implicit function theorem.
+    """Square loss and its gradient by the implicit function theorem (derivation above).
 
-        dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r,
-        G = 1[H > 0] * (r v^T + gamma G A),   r = Z v - y
+        Phi = 0.5 ||Z v - y||^2,   r = Z v - y,   G = 1[H > 0] * (r v^T + gamma G A)
+        dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r
 
-    (derivation above). The gradient's error is that of the two certified solves: Z to
-    tol, and G to tol given Z. wrt names the gradients wanted; the others come back as None,
-    and with wrt=("v",) no adjoint is solved. method "fixed_point" (certified Picard,
-    warm starts Z0 and U0) or "direct" (per-sample linear solves, small m). Solver
-    keywords as in equilibrium(); both solves use the same certified rho.
+    The gradient's error is that of the two certified solves: Z to tol, and G to tol
+    given Z. Both solves use the same certified rho.
 
-    Returns (loss, Params(dA, dW, dv)), or with return_info=True (loss, grads, info),
-    info = {Z, G, U, r, forward, adjoint}: the two solves' infos (adjoint and U are
-    None if no adjoint was needed, or method is "direct"). A loss that overflows float64
-    raises FloatingPointError.
+    Parameters
+    ----------
+    params : Params
+        A (m, m), W (m, d), v (m,).
+    X : array_like (N, d)
+    y : array_like (N,)
+    gamma : float > 0
+    wrt : subset of ("A", "W", "v")
+        The gradients wanted; the others come back as None. With ("v",) no adjoint is solved.
+    tol, max_iter, A_norm
+        As in equilibrium, for both solves.
+    Z0, U0 : array_like (N, m), optional
+        Warm starts of the equilibrium and of U (see adjoint).
+    method : {"fixed_point", "direct"}
+        The adjoint by certified Picard iteration, or by per-sample linear solves (small m).
+    return_info : bool
+        Also return the solves' details.
+
+    Returns
+    -------
+    loss : float
+    grads : Params
+        dA (m, m), dW (m, d), dv (m,), or None for those not in wrt.
+    info : dict, only with return_info
+        Z (N, m), G (N, m), U (N, m), r (N,), forward and adjoint (the solves' infos;
+        adjoint and U are None if no adjoint was needed or method is "direct").
+
+    Raises
+    ------
+    NotWellPosedError, NotConvergedError
+        As in equilibrium.
+    FloatingPointError
+        The loss overflows float64.
     """
     A, W, v = _check_params(params)
     X = _check_X(X, W.shape[1])
@@ -482,7 +607,8 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     with np.errstate(over="ignore"):
         loss = 0.5 * float(r @ r)
     if not math.isfinite(loss):
-        raise FloatingPointError(f"the loss overflowed float64 (Phi = {loss}, max |r_i| = {np.abs(r).max():.3g})")
+        raise FloatingPointError(f"the loss overflowed float64 (Phi = {loss}, "
+                                 f"max |r_i| = {np.abs(r).max():.3g})")
     G, backward = None, None
     if "A" in wrt or "W" in wrt:
         if method == "direct":
@@ -525,19 +651,45 @@ def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, targe
                      tol=1e-12, max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
     """Gradient descent theta_{k+1} = theta_k - lr grad Phi(theta_k), for at most `steps` steps.
 
-    train: the parameters that move (a subset of ("A", "W", "v")); the rest are frozen.
-    target: stop early once Phi_k <= target * Phi_0 (None: run all steps).
-    lambda_min: also record lambda_min(Z_k Z_k^T) (one SVD of Z per step).
-    warm_start: start each solve from the last two solutions (False: cold starts).
-    log_every: print a progress line every so many steps (0: quiet).
+    Parameters
+    ----------
+    params : Params
+        theta_0: A (m, m), W (m, d), v (m,). Not modified; the result never shares memory with it.
+    X : array_like (N, d)
+    y : array_like (N,)
+    gamma : float > 0
+    lr : float > 0
+    steps : int > 0
+    train : subset of ("A", "W", "v")
+        The parameters that move; the rest are frozen.
+    target : float > 0, optional
+        Stop early once Phi_k <= target Phi_0.
+    tol, max_iter
+        As in equilibrium, for every solve.
+    lambda_min : bool
+        Also record lambda_min(Z_k Z_k^T) (one SVD of Z per step).
+    warm_start : bool
+        Start each solve from the extrapolation of the last three solutions (False: cold).
+    log_every : int >= 0
+        Print a progress line every so many steps (0: quiet).
 
-    Returns the final Params and a history: arrays with entry k at theta_k, k = 0..K
-    (K = steps, or fewer with target): loss, rho (certified gamma ||A_k||_2),
-    forward_iters and adjoint_iters (the solves' work in full sweeps), grad_norm (of the
-    trained parameters), lambda_min (if asked); and norm_refreshes (exact norm
-    computations), train. Raises TrainingError (with the last good params and the
-    history so far) if the loss or parameters become non-finite, a solve fails, or
-    well-posedness is lost.
+    Returns
+    -------
+    params : Params
+        theta_K.
+    history : dict
+        Arrays with entry k at theta_k, k = 0..K (K = steps, or fewer with target): loss,
+        rho (certified gamma ||A_k||_2), forward_iters and adjoint_iters (the solves' work
+        in full sweeps), grad_norm (of the trained parameters), lambda_min (if asked);
+        and norm_refreshes (exact norm computations), train.
+
+    Raises
+    ------
+    NotWellPosedError
+        gamma ||A_0||_2 >= 1, before any work.
+    TrainingError
+        The loss or parameters became non-finite, a solve failed, or well-posedness was
+        lost; it carries the step, the reason, the last good params and the history.
     """
     lr = _positive("lr", lr)
     steps = _positive("steps", steps, integer=True)
@@ -551,8 +703,27 @@ def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=N
 
         theta(t + h) = theta(t) - h grad Phi(theta(t)),   n = ceil(t_end / dt), h = t_end / n <= dt
 
-    First-order accurate: halving dt halves the error at t_end. Keywords and errors
-    as in gradient_descent; the history also has t (the times, k h) and h.
+    First-order accurate: halving dt halves the error at t_end.
+
+    Parameters
+    ----------
+    params, X, y, gamma, train, target, tol, max_iter, lambda_min, warm_start, log_every
+        As in gradient_descent.
+    t_end : float > 0
+    dt : float > 0
+        The largest Euler step.
+
+    Returns
+    -------
+    params : Params
+        theta(t_end) (or at the time target was reached).
+    history : dict
+        As in gradient_descent, plus t (the times k h) and h.
+
+    Raises
+    ------
+    NotWellPosedError, TrainingError
+        As in gradient_descent.
     """
     t_end = _positive("t_end", t_end)
     dt = _positive("dt", dt)
@@ -659,9 +830,17 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
 
 
 def lambda_min(Z):
-    """lambda_min(Z Z^T) for Z (N, m): sigma_min(Z)^2 if m >= N, else exactly 0 (rank <= m < N).
+    """Smallest eigenvalue of Z Z^T: sigma_min(Z)^2 if m >= N, else exactly 0 (rank <= m < N).
 
     The SVD of Z avoids squaring the condition number of the Gram matrix.
+
+    Parameters
+    ----------
+    Z : array_like (N, m)
+
+    Returns
+    -------
+    float
     """
     Z = _array("Z", Z, 2)
     N, m = Z.shape
@@ -676,9 +855,23 @@ def gradient_check(params, X, y, gamma, *, seed=0, h=1e-6, tol=1e-14):
         fd = (Phi(theta + h E) - Phi(theta - h E)) / (2 h),   an = <grad_P Phi, E>
         error_P = |fd - an| / max(|fd|, |an|)
 
-    Solves at tol (default 1e-14, so the solve error tol Phi / h stays below 1e-8 of
-    the derivative). Returns {"A", "W", "v": errors, "max": the largest, "min_abs_H":
-    min |H_ij|}; an FD step h straddles no ReLU kink when min_abs_H >> h.
+    Parameters
+    ----------
+    params, X, y, gamma
+        As in loss_and_grad.
+    seed : int
+        Seed of the directions.
+    h : float > 0
+        The finite-difference step, default 1e-6.
+    tol : float > 0
+        Solver tolerance, default 1e-14, so the solve error tol Phi / h stays below 1e-8
+        of the derivative.
+
+    Returns
+    -------
+    dict
+        "A", "W", "v": the relative errors; "max": the largest; "min_abs_H": min |H_ij|
+        (no ReLU kink is straddled when it is much larger than h).
     """
     theta = _check_params(params)
     h = _positive("h", h)
@@ -704,9 +897,20 @@ def gradient_check(params, X, y, gamma, *, seed=0, h=1e-6, tol=1e-14):
 
 
 def linear_rate(loss, t):
-    """-slope of the least-squares line through (t_k, log loss_k): the observed linear rate.
+    """Observed linear rate: -slope of the least-squares line through (t_k, log loss_k).
 
-    Phi_k ~ Phi_0 exp(-rate t_k); with t = step index it is a rate per GD step.
+    Phi_k ~ Phi_0 exp(-rate t_k); with t the step index it is a rate per GD step.
+
+    Parameters
+    ----------
+    loss : array_like (n,)
+        Positive.
+    t : array_like (n,)
+        Strictly increasing.
+
+    Returns
+    -------
+    float
     """
     loss = _array("loss", loss, 1)
     t = _array("t", t, 1)
@@ -719,11 +923,23 @@ def linear_rate(loss, t):
 
 
 def gronwall_bound(loss0, lambda_mins, h):
-    """Phi(t_k) <= Phi(0) exp(-2 sum_{j<k} lambda_min(Z_j Z_j^T) h), k = 0..n: the PL certificate.
+    """The PL certificate Phi(t_k) <= Phi(0) exp(-2 sum_{j<k} lambda_min(Z_j Z_j^T) h), k = 0..n.
 
-    Exact for the flow (d Phi/dt = -||grad||^2 <= -||Z^T r||^2 <= -2 lambda_min Phi), with the
-    integral as a left Riemann sum on the Euler grid (so it holds up to O(h) along Euler).
-    Negative lambda_mins (rounding) count as 0.
+    Exact for the flow (d Phi/dt = -||grad||^2 <= -||Z^T r||^2 <= -2 lambda_min Phi), with
+    the integral as a left Riemann sum on the Euler grid (so it holds up to O(h) along
+    Euler). Negative lambda_mins (rounding) count as 0.
+
+    Parameters
+    ----------
+    loss0 : float >= 0
+    lambda_mins : array_like (n + 1,)
+        lambda_min(Z Z^T) at t_0 .. t_n.
+    h : float > 0
+        The time step.
+
+    Returns
+    -------
+    ndarray (n + 1,)
     """
     loss0 = float(_array("loss0", loss0, 0))
     if loss0 < 0:
@@ -735,10 +951,20 @@ def gronwall_bound(loss0, lambda_mins, h):
 
 
 def pl_ratios(history):
-    """||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k) per step: the PL inequality holds where >= 1.
+    """PL ratios ||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k): the inequality holds where >= 1.
 
     ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r >= 2 lambda_min(Z Z^T) Phi, so it holds
-    whenever v is trained (history from a run with lambda_min=True). inf where lambda_min Phi = 0.
+    whenever v is trained.
+
+    Parameters
+    ----------
+    history : dict
+        From gradient_descent or gradient_flow with lambda_min=True and v trained.
+
+    Returns
+    -------
+    ndarray (K + 1,)
+        inf where lambda_min Phi = 0.
     """
     if not isinstance(history, dict) or not {"train", "grad_norm", "loss"} <= history.keys():
         raise ValueError("history must be the history dict of gradient_descent or gradient_flow")
@@ -760,11 +986,40 @@ def _say(quiet):
 
 def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t_end=None,
          dt=None, seed=0, log_every=100, plot=None, quiet=False):
-    """Train a linear-width implicit network by GD and by gradient flow, and certify as it goes.
+    """Train a linear-width implicit network by GD and by gradient flow, certifying as it goes.
 
-    m defaults to 2 N; lr to 1 / ||Z(0)||_2^2 (the curvature of Phi in v at initialisation);
-    GD runs until Phi <= target Phi(0) or `steps`; gradient flow (Euler, dt = lr / 2) runs
-    to t_end = half the time GD took. Returns the summary dict (see the README).
+    Prints the setting, a gradient check, GD progress, the observed and the certified
+    (2 lr min_k lambda_min) linear rates, the PL inequality at every step, and an Euler
+    gradient flow checked against the Gronwall certificate.
+
+    Parameters
+    ----------
+    N, d : int
+        Samples (default 32) and input dimension (default 16).
+    m : int, optional
+        Width, default 2 N.
+    gamma : float
+        Default 0.25.
+    lr : float, optional
+        Default 1 / ||Z(0)||_2^2, the curvature of Phi in v at initialisation.
+    steps : int
+        GD steps at most; GD stops at Phi <= target Phi(0).
+    target : float
+        Default 1e-10.
+    t_end, dt : float, optional
+        Gradient flow horizon and step; default half the time GD took, and lr / 2.
+    seed : int
+    log_every : int
+        Progress lines every so many steps.
+    plot : str, optional
+        Write a PNG there (needs matplotlib).
+    quiet : bool
+        Print nothing.
+
+    Returns
+    -------
+    dict
+        The summary (keys in the README), JSON-serialisable.
     """
     say = _say(quiet)
     start = time.perf_counter()
@@ -776,7 +1031,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     params = init_params(d, m, seed=seed)
     gamma = _positive("gamma", gamma)
     rho0 = gamma * norm_bound(params.A)
-    say(f"implicit_gd demo: N = {N} samples, d = {d}, m = {m} (m / N = {m / N:g}), gamma = {gamma:g}, seed = {seed}")
+    say(f"implicit_gd demo: N = {N} samples, d = {d}, m = {m} (m / N = {m / N:g}), "
+        f"gamma = {gamma:g}, seed = {seed}")
     say("data: x_i uniform on the unit sphere, y_i = sin(3 <u, x_i>) for a random unit u")
     say(f"init: A ~ N(0, 1/m), W ~ N(0, 2/d), v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {rho0:.4f}")
     Z0, _ = equilibrium(params, X, gamma)
@@ -843,7 +1099,7 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
 
 
 def _plot(path, hist, gf, bound):
-    """log loss against GD step and against GF time, and the certified rho along GD; False if no matplotlib."""
+    """Plot log loss against GD step and GF time, and the certified rho; False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -884,8 +1140,27 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
     (lambda_min > 0 for every seed), the observed linear rate per step with
     lr = 1 / ||Z(0)||_2^2, steps to Phi <= target Phi(0), max certified gamma ||A||_2.
     Scale: m = 2 N, gamma = fraction / ||A(0)||_2, GD until target; max certified
-    gamma ||A(t)||_2 (the running upper bound) and the exact gamma ||A||_2 at the end (SVD),
-    runs well-posed throughout, final loss / initial (geometric mean), forward sweeps per step.
+    gamma ||A(t)||_2 (the running upper bound) and the exact gamma ||A||_2 at the end
+    (SVD), runs well-posed throughout, final loss / initial (geometric mean), forward
+    sweeps per step.
+
+    Parameters
+    ----------
+    N, d : int
+    seeds : tuple of int
+    ratios : tuple of float
+        m / N of the width table.
+    fractions : tuple of float
+        gamma ||A(0)||_2 of the scale table.
+    steps : int
+        GD steps at most per run.
+    target : float
+    quiet : bool
+
+    Returns
+    -------
+    dict
+        N, d, seeds, steps, target, and the rows of "width" and "scale" (see format_sweep).
     """
     say = _say(quiet)
     width, scale = [], []
@@ -907,7 +1182,8 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
                       "pl_certificate": bool(min(lam) > 0), "rate_observed": float(np.mean(rate)),
                       "steps_to_target": None if None in hit else float(np.mean(hit)),
                       "reached": sum(h is not None for h in hit), "rho_max": float(max(rho))})
-        say(f"  m/N = {ratio:g}: lambda_min(Z0 Z0^T) {np.mean(lam):.2e}, reached {width[-1]['reached']}/{len(seeds)}")
+        say(f"  m/N = {ratio:g}: lambda_min(Z0 Z0^T) {np.mean(lam):.2e}, "
+            f"reached {width[-1]['reached']}/{len(seeds)}")
     say(f"gamma sweep: N = {N}, m = {2 * N}, d = {d}, gamma = fraction / ||A(0)||_2, up to {steps} GD steps")
     for frac in fractions:
         rows = []
@@ -925,13 +1201,24 @@ def sweep(*, N=16, d=8, seeds=(0, 1, 2), ratios=(0.25, 0.5, 1, 2, 4, 8),
                       "well_posed_runs": sum(ok), "runs": len(ok),
                       "loss_ratio_final": float(np.exp(np.mean(np.log(rel)))),
                       "forward_sweeps_per_step": float(np.mean(fwd))})
-        say(f"  gamma ||A(0)||_2 = {frac:g}: max certified rho {max(rho):.4f}, well-posed in {sum(ok)}/{len(ok)} runs")
+        say(f"  gamma ||A(0)||_2 = {frac:g}: max certified rho {max(rho):.4f}, "
+            f"well-posed in {sum(ok)}/{len(ok)} runs")
     return {"N": N, "d": d, "seeds": list(seeds), "steps": steps, "target": target,
             "width": width, "scale": scale}
 
 
 def format_sweep(result):
-    """The two tables of sweep() as text."""
+    """The two tables of sweep() as text.
+
+    Parameters
+    ----------
+    result : dict
+        From sweep.
+
+    Returns
+    -------
+    str
+    """
     lines = [f"Width (N = {result['N']}, gamma = 0.25, lr = 1/||Z(0)||_2^2, mean over seeds "
              f"{result['seeds']}; target {result['target']:g} of the initial loss in "
              f"{result['steps']} steps):",
@@ -966,7 +1253,7 @@ def _median_time(fn, repeats):
 
 
 def _peak_bytes(fn):
-    """Peak memory allocated while fn runs, above what was allocated before (tracemalloc; NumPy reports to it)."""
+    """Peak bytes allocated while fn runs, above those before (tracemalloc, which NumPy reports to)."""
     import tracemalloc
     tracemalloc.start()
     try:
@@ -978,14 +1265,30 @@ def _peak_bytes(fn):
 
 
 def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=20, quiet=False):
-    """Time loss_and_grad against the limit (K_f + K_b + 3) t_gemm, its scaling, memory, warm starts.
+    """Time loss_and_grad against the limit (K_f + K_b + 3) t_gemm; its scaling, memory, warm starts.
 
     K_f, K_b: the forward and adjoint work in full (N x m)(m x m) sweeps; the 3 are
     gamma G^T Z, G^T X (and X W^T), counted generously; t_gemm: the median time of one
-    (N x m)(m x m) product in the same run. gemm_ratio = time / ((K_f + K_b + 3) t_gemm).
-    Warm starts: sweeps per GD step warm over cold, on the first warm_steps steps from
-    initialisation at (N/4, m/2) (warm_cold_ratio: the hard phase, where v and the
-    residual move fast) and on the demo's problem trained to 1e-10.
+    (N x m)(m x m) product, interleaved with the timed calls. gemm_ratio = time /
+    ((K_f + K_b + 3) t_gemm). Warm starts: sweeps per GD step warm over cold, on the first
+    warm_steps steps from initialisation at (N/4, m/2) (warm_cold_ratio: the hard phase,
+    where v and the residual move fast) and on the demo's problem trained to 1e-10.
+
+    Parameters
+    ----------
+    N, m, d : int
+        Default 1024, 1024, 64.
+    repeats : int
+        Timed calls; medians are reported.
+    seed : int
+    warm_steps : int
+    quiet : bool
+
+    Returns
+    -------
+    dict
+        k_forward, k_adjoint, seconds, t_gemm, gemm_ratio, peak_extra_bytes,
+        warm_cold_ratio and the other numbers printed.
     """
     say = _say(quiet)
     gamma = 0.25
@@ -1077,7 +1380,7 @@ REFERENCE_TOL = 1e-13  # the tolerance export and verify solve at
 
 
 def _golden_case(A, W, v, X, y, gamma, train, lr, steps, tol=REFERENCE_TOL):
-    """One golden case: the inputs and every output recomputed from them (A, W, v, X, y checked by the API)."""
+    """One golden case: the inputs, and every output recomputed from them (the API checks them)."""
     params = Params(A, W, v)
     loss, grads, info = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)
     final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, train=train, tol=tol)
@@ -1090,7 +1393,7 @@ def _golden_case(A, W, v, X, y, gamma, train, lr, steps, tol=REFERENCE_TOL):
     }
 
 
-def golden_cases(seed=0):
+def _golden_cases(seed=0):
     """The exported cases: tiny, small gamma, near the well-posedness edge, m < N, a frozen A, medium."""
     specs = [  # (N, d, m, gamma (None: 0.95 / ||A||_2), train, lr, steps)
         (3, 2, 4, 0.25, PARAM_NAMES, 0.05, 3),
@@ -1110,8 +1413,23 @@ def golden_cases(seed=0):
 
 
 def export_golden(path, seed=0):
-    """Write golden_cases() to path (.npz, keys as above). Returns the number of cases."""
-    cases = golden_cases(seed)
+    """Write the golden test vectors (key scheme above) to path.
+
+    Six cases: tiny, gamma = 0.01, gamma ||A||_2 = 0.95, m < N, A frozen, medium; each
+    solved at REFERENCE_TOL = 1e-13.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The .npz file to write.
+    seed : int
+
+    Returns
+    -------
+    int
+        The number of cases.
+    """
+    cases = _golden_cases(seed)
     arrays = {"meta/version": np.int64(GOLDEN_VERSION), "meta/cases": np.int64(len(cases))}
     for c, case in enumerate(cases):
         arrays.update({f"case{c}/{key}": np.asarray(val) for key, val in case.items()})
@@ -1130,11 +1448,25 @@ def _relative_error(ours, theirs):
 def verify_golden(path, rtol=1e-8):
     """Recompute every output of a golden file from its inputs and compare.
 
-    Returns (rows, problems): rows (case, quantity, max relative error, passed), with
-    error = max|ours - theirs| / max|ours|; problems lists what could not be checked
-    (an unreadable file, a wrong version or case count, a missing key, a wrong shape or
-    dtype, an object array, inputs the API refuses), each named. The file passes when
-    problems is empty, rows is not, and every error <= rtol. Never unpickles.
+        error = max |ours - theirs| / max |ours|      per case and quantity
+
+    Never unpickles.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An .npz file in the key scheme above, ours or another implementation's.
+    rtol : float > 0
+        Pass when error <= rtol; default 1e-8 (float64), about 1e-4 for float32.
+
+    Returns
+    -------
+    rows : list of (case, quantity, error, passed)
+    problems : list of str
+        What could not be checked, each named: an unreadable file, a wrong version or
+        case count, a missing key, a wrong shape or dtype, an object array, inputs the
+        API refuses. The file passes when problems is empty, rows is not, and every
+        error <= rtol.
     """
     rtol = _positive("rtol", rtol)
     rows, problems = [], []
@@ -1259,6 +1591,19 @@ def _parser():
 
 
 def main(argv=None):
+    """The command line: ``python implicit_gd.py {demo,sweep,bench,export,verify} ...``.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Default sys.argv[1:].
+
+    Returns
+    -------
+    int
+        Exit status: 0 success, 1 a failed check (demo target or certificate, verify),
+        2 bad arguments or input.
+    """
     args = _parser().parse_args(argv)
     status = 0
     try:
