@@ -1069,11 +1069,16 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     t_end = 0.5 * max(k, 1) * lr if t_end is None else t_end
     dt = 0.5 * lr if dt is None else dt
     say(f"GF: explicit Euler, dt = {dt:.4g}, t_end = {t_end:.4g}")
-    gf_final, gf = gradient_flow(params, X, y, gamma, t_end=t_end, dt=dt, lambda_min=True,
-                                 log_every=max(1, log_every) * 2 if log_every else 0)
+    gf_failure = None
+    try:
+        _, gf = gradient_flow(params, X, y, gamma, t_end=t_end, dt=dt, lambda_min=True,
+                              log_every=2 * log_every)
+    except TrainingError as e:
+        gf, gf_failure = e.history, e.reason
+        say(f"GF stopped: {e}")
     bound = gronwall_bound(gf["loss"][0], gf["lambda_min"], gf["h"])
-    worst = float((gf["loss"][1:] / bound[1:]).max())  # t > 0 (at t = 0 it is 1 by definition)
-    gf_holds = worst <= 1.0 + 1e-12  # 1e-12: rounding of the loss and of exp
+    worst = float(np.max(gf["loss"][1:] / bound[1:], initial=0.0))  # t > 0 (at 0 the ratio is 1)
+    gf_holds = gf_failure is None and worst <= 1.0 + 1e-12  # 1e-12: rounding of the loss and exp
     say(f"GF: loss(t_end) / loss(0) = {gf['loss'][-1] / gf['loss'][0]:.2e}; Gronwall certificate "
         f"Phi(t) <= Phi(0) exp(-2 int_0^t lambda_min) at all {gf['loss'].size} times: "
         f"{'yes' if gf_holds else 'NO'} (max over t > 0 of Phi / bound = {worst:.3g})")
@@ -1086,13 +1091,14 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         "rate_observed": rate_obs, "rate_certified": rate_cert,
         "lambda_min_min": float(hist["lambda_min"].min()), "pl_holds": bool((pl >= 1.0).all()),
         "well_posed_throughout": well_posed, "failure": failure,
-        "gradcheck_max_error": check["max"], "gf_t_end": t_end, "gf_dt": gf["h"],
+        "gradcheck_max_error": check["max"], "gf_t_end": t_end, "gf_dt": gf["h"], "gf_failure": gf_failure,
         "gf_loss_final": float(gf["loss"][-1]), "gf_certificate_holds": gf_holds,
         "gf_certificate_max_ratio": worst, "seconds": seconds,
     }
     say(f"summary: {'reached' if summary['reached_target'] else 'did NOT reach'} {target:g} of the "
-        f"initial loss in {k} GD steps, well-posed throughout, observed rate "
-        f"{rate_obs / max(rate_cert, 1e-300):.1f}x the certified one; {seconds:.1f} s")
+        f"initial loss in {k} GD steps, {'well-posed throughout' if well_posed else 'NOT well-posed'}, "
+        f"observed rate {rate_obs / max(rate_cert, 1e-300):.1f}x the certified one, Gronwall "
+        f"certificate {'held' if gf_holds else 'FAILED'}; {seconds:.1f} s")
     if plot and _plot(plot, hist, gf, bound):
         say(f"plot written to {plot}")
     return summary
