@@ -173,6 +173,12 @@ def _check_train(train, name="train"):
     return tuple(t for t in PARAM_NAMES if t in names)
 
 
+def _rng(seed):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
+    return np.random.default_rng(seed)
+
+
 # ---- model and equilibrium solver ----
 
 
@@ -195,7 +201,7 @@ def init_params(d, m, *, seed=0):
     """
     d = _positive("d", d, integer=True)
     m = _positive("m", m, integer=True)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     A = rng.normal(0.0, math.sqrt(1.0 / m), (m, m))  # (m, m)
     W = rng.normal(0.0, math.sqrt(2.0 / d), (m, d))  # (m, d)
     v = rng.normal(0.0, math.sqrt(1.0 / m), m)  # (m,)
@@ -220,7 +226,7 @@ def make_data(N, d, *, seed=0):
     """
     N = _positive("N", N, integer=True)
     d = _positive("d", d, integer=True)
-    rng = np.random.default_rng(seed)
+    rng = _rng(seed)
     X = rng.standard_normal((N, d))  # (N, d)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     u = rng.standard_normal(d)  # (d,)
@@ -268,7 +274,8 @@ def _rho(A, gamma, A_norm, allow_ill_posed):
     if rho >= 1.0 and not allow_ill_posed:
         raise NotWellPosedError(
             f"not well-posed: gamma * ||A||_2 = {rho:.6g} >= 1 (gamma = {gamma:.6g}, "
-            f"||A||_2 <= {A_norm:.6g}); lower gamma, or pass allow_ill_posed=True to try anyway"
+            f"||A||_2 <= {A_norm:.6g}); lower gamma (or, in the API, pass allow_ill_posed=True "
+            "to iterate uncertified)"
         )
     return rho
 
@@ -1030,12 +1037,16 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     X, y = make_data(N, d, seed=seed)
     params = init_params(d, m, seed=seed)
     gamma = _positive("gamma", gamma)
-    rho0 = gamma * norm_bound(params.A)
+    rho0 = _rho(params.A, gamma, None, False)  # NotWellPosedError before any work
     say(f"implicit_gd demo: N = {N} samples, d = {d}, m = {m} (m / N = {m / N:g}), "
         f"gamma = {gamma:g}, seed = {seed}")
     say("data: x_i uniform on the unit sphere, y_i = sin(3 <u, x_i>) for a random unit u")
     say(f"init: A ~ N(0, 1/m), W ~ N(0, 2/d), v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {rho0:.4f}")
     Z0, _ = equilibrium(params, X, gamma)
+    if not Z0.any():
+        raise ValueError("Z(0) = 0: every ReLU unit is off at initialisation, so the gradient is 0 "
+                         "and GD cannot move; change the seed, d or m")
+    lr_source = "given" if lr is not None else "1 / ||Z(0)||_2^2"
     lr = 1.0 / np.linalg.norm(Z0, 2) ** 2 if lr is None else lr
 
     check = gradient_check(params, X, y, gamma, seed=seed)
@@ -1043,7 +1054,7 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         f"{check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v {check['v']:.1e}); "
         f"min |H_ij| = {check['min_abs_H']:.1e} >> h: no kink straddled")
 
-    say(f"GD: lr = {lr:.4g} (1 / ||Z(0)||_2^2), until loss <= {target:g} loss(0) or {steps} steps")
+    say(f"GD: lr = {lr:.4g} ({lr_source}), until loss <= {target:g} loss(0) or {steps} steps")
     failure = None
     try:
         final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target,
@@ -1093,13 +1104,15 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         "well_posed_throughout": well_posed, "failure": failure,
         "gradcheck_max_error": check["max"], "gf_t_end": t_end, "gf_dt": gf["h"], "gf_failure": gf_failure,
         "gf_loss_final": float(gf["loss"][-1]), "gf_certificate_holds": gf_holds,
-        "gf_certificate_max_ratio": worst, "seconds": seconds,
+        "gf_certificate_max_ratio": worst, "plot": None, "seconds": seconds,
     }
+    speed = (f"observed rate {rate_obs / rate_cert:.1f}x the certified one" if rate_cert > 0 else
+             "no certified rate (lambda_min = 0)")
     say(f"summary: {'reached' if summary['reached_target'] else 'did NOT reach'} {target:g} of the "
         f"initial loss in {k} GD steps, {'well-posed throughout' if well_posed else 'NOT well-posed'}, "
-        f"observed rate {rate_obs / max(rate_cert, 1e-300):.1f}x the certified one, Gronwall "
-        f"certificate {'held' if gf_holds else 'FAILED'}; {seconds:.1f} s")
+        f"{speed}, Gronwall certificate {'held' if gf_holds else 'FAILED'}; {seconds:.1f} s")
     if plot and _plot(plot, hist, gf, bound):
+        summary["plot"] = str(plot)
         say(f"plot written to {plot}")
     return summary
 
@@ -1478,8 +1491,8 @@ def verify_golden(path, rtol=1e-8):
     rows, problems = [], []
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        return rows, [f"{path}: cannot be read as .npz ({type(e).__name__}: {e})"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a text file lands here too
+        return rows, [f"{path}: is not a readable .npz archive ({type(e).__name__}: {e})"]
     if not isinstance(data, np.lib.npyio.NpzFile):
         return rows, [f"{path}: holds a single array (.npy), not an .npz archive of named arrays"]
     with data:
@@ -1542,14 +1555,19 @@ def verify_golden(path, rtol=1e-8):
 # ---- command line ----
 
 
-def _cli_number(kind, positive=True):
+def _cli_number(kind, low=0):
+    """An argparse type: an int or a finite float > low (>= 0 for low=None, a seed)."""
+    what = "an integer" if kind is int else "a number"
+
     def parse(text):
         try:
             x = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        if not math.isfinite(x) or (positive and x <= 0):
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if not math.isfinite(x) or (x < 0 if low is None else x <= low):
+            need = ">= 0" if low is None else "> 0" if kind is int else "positive and finite"
+            raise argparse.ArgumentTypeError(f"must be {what} {need}, got {text!r}"
+                                             if kind is int else f"must be {need}, got {text!r}")
         return x
     return parse
 
@@ -1557,15 +1575,17 @@ def _cli_number(kind, positive=True):
 def _parser():
     pos_int, pos_float = _cli_number(int), _cli_number(float)
     p = argparse.ArgumentParser(
-        prog="implicit_gd.py",
         description="Gradient descent on an infinite-depth ReLU implicit network (Gao & Gao, "
                     "arXiv:2205.07463): reference implementation and correctness oracle.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name, help):
+    def add(name, help, seed=True):
         s = sub.add_parser(name, help=help, description=help)
-        s.add_argument("--seed", type=_cli_number(int, positive=False), default=0, help="random seed (default 0)")
-        s.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+        if seed:
+            s.add_argument("--seed", type=_cli_number(int, low=None), default=0,
+                           help="random seed, an integer >= 0 (default 0)")
+        s.add_argument("--json", action="store_true",
+                       help="print a JSON summary as the last line (an 'error' key if it fails)")
         return s
 
     s = add("demo", "train a linear-width network by GD and gradient flow, certify, summarise")
@@ -1575,7 +1595,8 @@ def _parser():
     s.add_argument("--gamma", type=pos_float, default=0.25, help="scale gamma (default 0.25)")
     s.add_argument("--lr", type=pos_float, default=None, help="GD step (default 1 / ||Z(0)||_2^2)")
     s.add_argument("--steps", type=pos_int, default=3000, help="at most this many GD steps (default 3000)")
-    s.add_argument("--plot", metavar="PATH", help="write a PNG of the run (needs matplotlib)")
+    s.add_argument("--plot", metavar="PATH", help="write a PNG of the run (needs matplotlib; exit 1 "
+                                                  "if it cannot be written)")
     s = add("sweep", "width and gamma sweeps: the paper's two claims as tables")
     s.add_argument("--n", type=pos_int, default=16, help="samples N (default 16)")
     s.add_argument("--d", type=pos_int, default=8, help="input dimension d (default 8)")
@@ -1588,7 +1609,7 @@ def _parser():
     s.add_argument("--repeats", type=pos_int, default=5, help="timed runs, median reported (default 5)")
     s = add("export", "write golden test vectors (.npz) for other implementations")
     s.add_argument("path", help="output .npz file")
-    s = add("verify", "recompute a golden .npz file's outputs from its inputs and compare")
+    s = add("verify", "recompute a golden .npz file's outputs from its inputs and compare", seed=False)
     s.add_argument("path", help="a .npz file in the export key scheme")
     s.add_argument("--rtol", type=pos_float, default=1e-8,
                    help="pass when max|ours - theirs| / max|ours| <= rtol (default 1e-8, for float64; "
@@ -1617,7 +1638,7 @@ def main(argv=None):
             out = demo(N=args.n, d=args.d, m=args.m, gamma=args.gamma, lr=args.lr, steps=args.steps,
                        seed=args.seed, plot=args.plot)
             ok = out["reached_target"] and out["well_posed_throughout"] and out["gf_certificate_holds"]
-            status = 0 if ok else 1
+            status = 0 if ok and (out["plot"] is not None or not args.plot) else 1
         elif args.command == "sweep":
             start = time.perf_counter()
             out = sweep(N=args.n, d=args.d, seeds=tuple(range(args.seed, args.seed + args.seeds)),
@@ -1638,13 +1659,15 @@ def main(argv=None):
                 print(f"problem: {problem}")
             failed = [f"{case}/{key}" for case, key, _, passed in rows if not passed]
             status = 1 if failed or problems or not rows else 0
-            print("verify: " + ("passed" if status == 0 else f"FAILED ({len(failed)} quantities, "
-                                                               f"{len(problems)} problems)"))
+            print("verify: " + ("passed" if status == 0 else
+                                f"FAILED (quantities failed: {len(failed)}, problems: {len(problems)})"))
             out = {"path": args.path, "rtol": args.rtol, "passed": status == 0, "failed": failed,
                    "problems": problems, "checked": len(rows),
                    "max_error": max((r[2] for r in rows), default=None)}
-    except (TypeError, ValueError, ArithmeticError, RuntimeError) as e:
+    except (TypeError, ValueError, ArithmeticError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(e)}))
         return 2
     if args.json:
         print(json.dumps(out))

@@ -343,6 +343,8 @@ def _bad_calls():
         ("t_end", ValueError, lambda: ig.gradient_flow(params, X, y, 0.25, t_end=-1.0, dt=0.1)),
         ("method", ValueError, lambda: ig.loss_and_grad(params, X, y, 0.25, method="unrolled")),
         ("d", ValueError, lambda: ig.init_params(0, 5)),
+        ("seed", ValueError, lambda: ig.init_params(3, 5, seed=-1)),
+        ("seed", ValueError, lambda: ig.make_data(4, 3, seed=1.5)),
         ("m", TypeError, lambda: ig.init_params(3, 5.0)),
         ("A_norm", ValueError, lambda: ig.equilibrium(params, X, 0.25, A_norm=1e-6)),
         ("A_norm", ValueError, lambda: ig.equilibrium(params, X, 0.25, A_norm=-1.0)),
@@ -583,12 +585,18 @@ def test_verify_refuses_files_that_are_not_npz_archives(golden, tmp_path):
         assert ig.main(["verify", str(path)]) == 1
 
 
-def test_cli_rejects_bad_values_by_name(capsys):
-    with pytest.raises(SystemExit) as e:
-        ig.main(["demo", "--n", "0"])
-    assert e.value.code == 2 and "--n" in capsys.readouterr().err
-    assert ig.main(["demo", "--n", "6", "--gamma", "5"]) == 2
-    assert "not well-posed" in capsys.readouterr().err
+def test_cli_rejects_bad_values_by_name(capsys, tmp_path):
+    for argv, name in ((["demo", "--n", "0"], "--n"), (["demo", "--seed", "-1"], "--seed"),
+                       (["verify", "x.npz", "--rtol", "nan"], "--rtol")):
+        with pytest.raises(SystemExit) as e:
+            ig.main(argv)
+        assert e.value.code == 2 and name in capsys.readouterr().err, argv
+    assert ig.main(["demo", "--n", "6", "--gamma", "5", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert "not well-posed" in captured.err
+    assert "not well-posed" in json.loads(captured.out.splitlines()[-1])["error"]
+    assert ig.main(["export", str(tmp_path / "no" / "such" / "dir.npz")]) == 2
+    assert "No such file" in capsys.readouterr().err
 
 
 def test_verify_a_float32_implementation_with_a_looser_rtol(golden, tmp_path):
