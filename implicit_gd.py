@@ -454,8 +454,8 @@ def predict(params, X, gamma, **solver):
 #     U = 1[H > 0] * (1 v^T + gamma U A),   G = diag(r) U.
 #
 # Row i of U is u_i = D_i (I - gamma A^T D_i)^{-1} v = d yhat_i / d(W x_i): it depends on
-# theta only, not on the residual, so along training it moves as slowly as Z and
-# warm-starts as well, while r (hence G) can change fast. The Picard iteration on U
+# theta only, not on the residual, so along training it warm-starts far better than G
+# (which moves with r); unlike Z it jumps where a ReLU mask flips. The Picard iteration on U
 # is weighted by |r_i| so that the certified bound is the one on G:
 # ||G_k - G||_F <= sqrt(sum_i (r_i e_i)^2) <= tol ||G_k||_F. Nothing is unrolled:
 # memory is O(N m + m^2) whatever the number of iterations.
