@@ -599,12 +599,99 @@ def test_cli_rejects_bad_values_by_name(capsys, tmp_path):
     assert "No such file" in capsys.readouterr().err
 
 
+# ---- scale, failure paths and a foreign implementation ----
+
+
+def test_solvers_are_exact_at_extreme_scales():
+    """Z is homogeneous in X W^T and U linear in v: a scaled problem gives the scaled answer,
+    with no squared norm underflowing into a false certificate."""
+    params, X, y = problem(N=8, d=4, m=16, seed=0)
+    Z, info = ig.equilibrium(params, X, 0.25, tol=1e-13)
+    for s in (1e-165, 1e150):
+        Z_s, info_s = ig.equilibrium(params, s * X, 0.25, tol=1e-13)
+        assert_close(f"Z at scale {s:g}", Z_s / s, Z, 1e-12)
+        assert 0 < info_s["error_bound"] / s <= 1e-13 * np.linalg.norm(Z_s / s)  # (norm of Z_s underflows)
+    A = params.A
+    for s in (1e-200, 1e200):
+        assert ig.norm_bound(s * A) == pytest.approx(s * np.linalg.norm(A, 2), rel=1e-9)
+    r = Z @ params.v - y
+    G, _ = ig.adjoint(params._replace(v=1e-170 * params.v), Z, r, 0.25, tol=1e-13)
+    assert_close("G at v scale 1e-170", G / 1e-170, ig.adjoint_direct(params, Z, r, 0.25), 1e-10)
+
+
+@pytest.mark.parametrize("solve", ["equilibrium", "adjoint"])
+def test_info_bound_is_rho_over_one_minus_rho_times_the_step(solve):
+    params, X, y = problem(N=10, d=4, m=12, seed=5)
+    Z, info = ig.equilibrium(params, X, 0.25, tol=1e-10)
+    if solve == "adjoint":
+        _, info = ig.adjoint(params, Z, 1e3 * (Z @ params.v - y), 0.25, tol=1e-10)
+    rho = info["rho"]
+    assert info["error_bound"] == pytest.approx(rho / (1 - rho) * info["step"], rel=1e-12)
+    assert isinstance(info["error_bound"], float) and info["step"] > 0
+
+
+def test_demo_quiet_prints_nothing_and_reports_a_failed_gradient_flow(capsys):
+    s = ig.demo(N=8, d=4, steps=50, t_end=30.0, dt=3.0, quiet=True)  # dt = 3: GF blows up
+    assert capsys.readouterr().out == ""
+    assert s["gf_failure"] is not None and not s["gf_certificate_holds"]
+    assert s["gf_t_end"] < 30.0  # the time it reached, not the one asked for
+    with pytest.raises(ValueError, match="Z\\(0\\) = 0"):
+        ig.demo(N=4, d=2, m=1, seed=6, quiet=True)  # every unit off at this seed
+
+
+def test_sweep_survives_runs_that_cannot_start():
+    out = ig.sweep(N=4, d=2, seeds=(6,), ratios=(0.25,), fractions=(0.5,), steps=20, quiet=True)
+    row = out["width"][0]  # m = 1, seed 6: Z(0) = 0, no gradient
+    assert row["reached"] == 0 and row["steps_to_target"] is None and math.isnan(row["rate_observed"])
+
+
+def test_verify_reports_nan_outputs_and_bad_counts(golden, tmp_path, capsys):
+    bad = tmp_path / "nan.npz"
+    _rewrite(golden, bad, lambda a: a.update({"case0/dA": np.full_like(a["case0/dA"], np.nan)}))
+    assert ig.main(["verify", str(bad), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["failed"] == ["case0/dA"] and out["max_error"] is None  # inf: not standard JSON
+    for count in (np.float64(np.nan), np.int64(10**12)):
+        _rewrite(golden, bad, lambda a: a.update({"meta/cases": count}))
+        rows, problems = ig.verify_golden(bad)
+        assert not rows and "meta/cases" in problems[0]
+
+
+def float32_implementation(A, W, v, X, y, gamma, lr, steps, train):
+    """Another implementation, in float32: Picard to a fixed count, per-sample adjoint solves."""
+    A, W, v, X, y = (np.asarray(a, np.float32) for a in (A, W, v, X, y))
+    gamma, lr = np.float32(gamma), np.float32(lr)
+    out, losses = {}, []
+    for k in range(steps + 1):
+        Z = np.zeros((X.shape[0], A.shape[0]), np.float32)
+        for _ in range(400):  # rho <= 0.95: 0.95^400 is far below float32 eps
+            Z = np.maximum(gamma * Z @ A.T + X @ W.T, 0)
+        r = Z @ v - y
+        eye = np.eye(len(v), dtype=np.float32)
+        G = np.stack([(z > 0) * np.linalg.solve((eye - gamma * (z > 0)[:, None] * A).T, ri * v)
+                      for z, ri in zip(Z, r)])  # (I - gamma D_i A)^T a_i = r_i v, g_i = D_i a_i
+        grads = (gamma * G.T @ Z, G.T @ X, Z.T @ r)
+        losses.append(0.5 * r @ r)
+        if k == 0:
+            out.update(Z=Z, yhat=Z @ v, loss=losses[0], dA=grads[0], dW=grads[1], dv=grads[2])
+        if k < steps:
+            A, W, v = (p - lr * g if t else p for p, g, t in zip((A, W, v), grads, train))
+    out.update(gd_A=A, gd_W=W, gd_v=v, gd_loss=np.array(losses))
+    return out
+
+
 def test_verify_a_float32_implementation_with_a_looser_rtol(golden, tmp_path):
-    """A float32 implementation's file: every array rounded to float32 (inputs and outputs)."""
-    single = tmp_path / "float32.npz"
-    _rewrite(golden, single, lambda a: a.update(
-        {k: v.astype(np.float32) for k, v in a.items() if v.dtype == np.float64}))
-    rows, problems = ig.verify_golden(single, rtol=1e-4)  # float32 eps 6e-8, x conditioning
-    assert not problems and all(passed for *_, passed in rows), max(r[2] for r in rows)
-    rows, _ = ig.verify_golden(single)  # the float64 default rtol 1e-8 sees the rounding
-    assert not all(passed for *_, passed in rows)
+    theirs = tmp_path / "float32.npz"
+
+    def recompute(a):
+        for c in range(int(a["meta/cases"])):
+            get = lambda k: a[f"case{c}/{k}"]
+            outs = float32_implementation(get("A"), get("W"), get("v"), get("X"), get("y"), get("gamma"),
+                                          get("lr"), int(get("steps")), [bool(t) for t in get("train")])
+            a.update({f"case{c}/{k}": np.asarray(val) for k, val in outs.items()})
+
+    _rewrite(golden, theirs, recompute)
+    rows, problems = ig.verify_golden(theirs, rtol=1e-5)  # float32: eps 6e-8, x conditioning (2e-7 seen)
+    worst = max(r[2] for r in rows)
+    assert not problems and all(passed for *_, passed in rows), worst
+    assert worst > 1e-8  # and the float64 default would have caught the float32 arithmetic
