@@ -1074,8 +1074,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     check = gradient_check(params, X, y, gamma, seed=seed)
     say(f"gradient check (central differences, h = 1e-6, random directions): max rel error "
         f"{check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v {check['v']:.1e}); "
-        f"min |H_ij| = {check['min_abs_H']:.1e}" + (" >> h: no kink straddled" if check["min_abs_H"] > 1e-3
-                                                    else ", within reach of h: a kink may spoil it"))
+        f"min |H_ij| = {check['min_abs_H']:.1e}" + (" >> h: no kink straddled" if check["min_abs_H"] > 1e-4
+                                                    else ", within 100 h: a kink may spoil it"))
 
     say(f"GD: lr = {lr:.4g} ({lr_source}), until loss <= {target:g} loss(0) or {steps} steps")
     failure = None
