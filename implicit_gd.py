@@ -7,7 +7,7 @@ Reference implementation and correctness oracle of
     python implicit_gd.py demo      # train, certify, summarise: a few seconds
     python -m pytest -q             # the test suite
 
-One file of about 1650 lines, NumPy only, read top to bottom: notation -> input
+One file of about 1750 lines, NumPy only, read top to bottom: notation -> input
 checks -> model and equilibrium solver -> implicit gradient -> gradient descent and
 gradient flow -> theory diagnostics -> demo and sweep -> bench -> golden vectors ->
 command line.
