@@ -557,6 +557,11 @@ def adjoint_direct(params, Z, r, gamma):
     Z, r = _check_Z_r(Z, r, A.shape[0])
     gamma = _positive("gamma", gamma)
     _rho(A, gamma, None, False)
+    return _adjoint_direct(A, v, Z, r, gamma)
+
+
+def _adjoint_direct(A, v, Z, r, gamma):
+    """adjoint_direct() on checked inputs."""
     m = A.shape[0]
     G = np.zeros_like(Z)  # (N, m)
     for i in range(Z.shape[0]):
@@ -634,7 +639,7 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     G, backward = None, None
     if "A" in wrt or "W" in wrt:
         if method == "direct":
-            G = adjoint_direct(Params(A, W, v), Z, r, gamma)  # (N, m)
+            G = _adjoint_direct(A, v, Z, r, gamma)  # (N, m), rho checked above
         else:
             G, backward = _adjoint(A, v, Z, r, gamma, rho, tol, max_iter, U0)  # (N, m)
     grads = Params(
