@@ -442,6 +442,29 @@ def test_warm_start_gives_the_same_answer_with_less_work():
     assert warm["adjoint_iters"][1:].sum() < cold["adjoint_iters"][1:].sum()
 
 
+def test_extrapolation_is_exact_for_polynomials_and_drops_degree_at_a_mask_flip():
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((5, 4, 6))  # per entry of a (4, 6) array: a polynomial in t of degree 4
+
+    def S(t, deg):  # the polynomial of degree deg at time t
+        return sum(c[j] * t**j for j in range(deg + 1))
+
+    for deg in range(4):  # through deg + 1 points, degree deg is reproduced at t = 1
+        past = [S(-float(j), deg) for j in range(deg + 1)]  # t = 0, -1, ..., newest first
+        np.testing.assert_allclose(ig._extrapolate(past), S(1.0, deg), rtol=1e-12, atol=1e-12)
+    past = [S(-float(j), 4) for j in range(4)]  # degree 4 through 4 points: not exact
+    assert np.abs(ig._extrapolate(past) - S(1.0, 4)).max() > 1e-3
+    # with masks, row i uses the points since its last flip: row 0 none, row 1 one step ago,
+    # row 2 two steps ago; row 3 never flipped
+    past = [S(-float(j), 3) for j in range(4)]
+    masks = [np.ones((4, 6), dtype=bool) for _ in range(4)]
+    masks[1][0, 0] = masks[2][1, 0] = masks[3][2, 0] = False
+    out = ig._extrapolate(past, masks)
+    np.testing.assert_array_equal(out[0], past[0][0])  # degree 0
+    np.testing.assert_allclose(out[1], 2 * past[0][1] - past[1][1], rtol=1e-12)  # degree 1
+    np.testing.assert_allclose(out[2], 3 * past[0][2] - 3 * past[1][2] + past[2][2], rtol=1e-12)
+    np.testing.assert_allclose(out[3], S(1.0, 3)[3], rtol=1e-12, atol=1e-12)  # degree 3: exact
+
 # ---- demo, sweep, bench: properties, not that they ran ----
 
 
@@ -476,7 +499,7 @@ def test_sweep_lambda_min_vanishes_below_m_equals_N():
 def test_bench_reports_bounded_memory_at_a_small_size():
     out = ig.bench(N=32, m=48, d=8, repeats=1, warm_steps=4, quiet=True)
     for key in ("k_forward", "k_adjoint", "seconds", "t_gemm", "gemm_ratio", "peak_extra_bytes",
-                "warm_cold_ratio"):
+                "warm_cold_ratio", "warm_cold_ratio_first_20"):
         assert out[key] > 0, key
     words = 32 * 48 + 48 * 48
     assert out["peak_extra_bytes"] <= 8 * 8 * words
