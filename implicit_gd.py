@@ -407,7 +407,9 @@ def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, A_norm
     max_iter = _positive("max_iter", max_iter, integer=True)
     Z0 = _check_start("Z0", Z0, (X.shape[0], A.shape[0]))
     rho = _rho(A, gamma, A_norm, allow_ill_posed)
-    return _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
+    Z, info = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
+    del info["H"]  # kept for warm starts inside training only
+    return Z, info
 
 
 def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0):
@@ -416,15 +418,21 @@ def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0):
     s = _pow2(B)  # Z is homogeneous in X W^T: solve for Z / s (exact), away from under/overflow
     B = B / s
     gAT = gamma * A.T  # (m, m)
+    H = np.empty_like(B)  # (N, m) each row's pre-activation at its last update (so Z = relu(H))
 
-    def picard(Z, rows, out):  # out = relu(gamma Z A^T + X W^T), on the given rows
-        np.matmul(Z, gAT, out=out)
-        out += B[rows]
-        np.maximum(out, 0.0, out=out)
+    def picard(Z, rows, out):  # H = gamma Z A^T + X W^T, out = relu(H), on the given rows
+        full = isinstance(rows, slice)
+        h = H[rows] if full else out  # all rows: write H in place (a view); a few: copy after
+        np.matmul(Z, gAT, out=h)
+        h += B[rows]
+        if not full:
+            H[rows] = h
+        np.maximum(h, 0.0, out=out)
 
     Z = np.maximum(B, 0.0) if Z0 is None else Z0 / s  # (N, m)
     Z, info = _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium")
-    info.update(step=s * info["step"], error_bound=s * info["error_bound"])
+    H *= s
+    info.update(step=s * info["step"], error_bound=s * info["error_bound"], H=H)
     return s * Z, info
 
 
@@ -606,8 +614,9 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     grads : Params
         dA (m, m), dW (m, d), dv (m,), or None for those not in wrt.
     info : dict, only with return_info
-        Z (N, m), G (N, m), U (N, m), r (N,), forward and adjoint (the solves' infos;
-        adjoint and U are None if no adjoint was needed or method is "direct").
+        Z (N, m), H (N, m) (the pre-activations of the last sweep: Z = relu(H)), G (N, m),
+        U (N, m), r (N,), forward and adjoint (the solves' infos; adjoint and U are None
+        if no adjoint was needed or method is "direct").
 
     Raises
     ------
@@ -631,6 +640,7 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     rho = _rho(A, gamma, A_norm, False)
 
     Z, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
+    H = forward.pop("H")  # (N, m) pre-activations of the last sweep
     r = Z @ v - y  # (N,)
     with np.errstate(over="ignore"):
         loss = 0.5 * float(r @ r)
@@ -650,7 +660,8 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     )
     if return_info:
         U = backward.pop("U") if backward else None
-        return loss, grads, {"Z": Z, "G": G, "U": U, "r": r, "forward": forward, "adjoint": backward}
+        return loss, grads, {"Z": Z, "H": H, "G": G, "U": U, "r": r, "forward": forward,
+                             "adjoint": backward}
     return loss, grads
 
 
@@ -661,13 +672,29 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 #      steps h = t_end / n <= dt; an Euler step is a GD step with lr = h, so both run
 #      the same loop, and GF's history is indexed by t = k h.
 #
-# Each step warm-starts the two solves by extrapolating the last solutions (_extrapolate):
-# Z from the quadratic through the last three (the GD path is not smooth: the gradient
-# jumps whenever a mask flips in any row, and a cubic only amplifies those jumps); U (not
-# G: U does not move with the residual)
-# from the cubic through the last four, each row only through the steps since its ReLU
-# mask last flipped, since U jumps where a mask flips. The certificate is always that of
-# the final Picard sweep, whatever the start.
+# Warm starts. Each step starts both solves from a prediction made from the last ones
+# (_warm_Z, _warm_U); the certificate is always that of the final Picard sweep, whatever
+# the start. With backward differences nabla S_k = S_k - S_(k-1), the polynomial of
+# degree p through the last p + 1 solutions predicts (Newton's formula)
+#     S_(k+1) ~ S_k + nabla S_k + ... + nabla^p S_k,
+# which is off by nabla^(p+1) S_(k+1): what the path does beyond degree p. For GD the
+# parameters' part of it is known, since theta_(k+1) - theta_k = -step grad Phi(theta_k):
+#     nabla^(p+1) theta_(k+1) = -step nabla^p grad Phi(theta_k),
+#     grad_A = gamma G^T Z,  grad_W = G^T X,  grad_v = Z^T r.
+# The path is not smooth where a ReLU mask flips: row i of G jumps when a mask of row i
+# flips, so nabla^p G is concentrated in a few rows F (_jump_rows: 99% of its squared
+# norm, at most 48 rows). Their direct effect, with Z at its last value
+# (nabla^p (G^T Z) ~ (nabla^p G)^T Z), is a low-rank correction:
+#     on H = gamma Z A^T + X W^T:   dH = -step (gamma^2 Z Z_F^T + X X_F^T) (nabla^p G)_F
+#     on U = 1[H > 0] (1 v^T + gamma U A):
+#                                   dU = -step 1[H > 0] (1 (nabla^p grad_v)^T
+#                                                        + gamma^2 U (nabla^p G)_F^T Z_F)
+# (leaving out the parameters that are not trained), which costs 2 |F| / m of a sweep.
+# The rest of the change (Z's own response, through (I - gamma D A)^(-1)) is left to the
+# Picard sweeps. Z starts at relu(H extrapolated (degree <= 2) + dH): the pre-activation
+# extrapolates better than Z, which has a kink where a mask flips. U (not G: U does not
+# move with the residual) extrapolates with degree <= 3, each row only through the steps
+# since its mask last flipped, since U jumps at a flip.
 #
 # rho is certified along training without an eigensolve per step: with A_ref the A of
 # the last exact norm_bound,
@@ -700,7 +727,7 @@ def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, targe
     lambda_min : bool
         Also record lambda_min(Z_k Z_k^T) (one SVD of Z per step).
     warm_start : bool
-        Start each solve from an extrapolation of the last solutions (False: cold).
+        Start each solve from a prediction made from the previous steps (False: cold).
     log_every : int >= 0
         Print a progress line every so many steps (0: quiet).
 
@@ -770,37 +797,88 @@ def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=N
     return params, history
 
 
-def _extrapolate(past, masks=None):
-    """Warm start for the next solve from the last solutions, newest first (None: none yet).
+def _differences(S, table, order):
+    """The backward differences [S_k, nabla S_k, ..., nabla^q S_k], q <= order, from the
+    new S_k and the table of S_(k-1):  nabla^j S_k = nabla^(j-1) S_k - nabla^(j-1) S_(k-1)."""
+    new = [S]
+    for j in range(min(len(table), order)):
+        new.append(new[j] - table[j])
+    return new
 
-    Through p + 1 points, the polynomial of degree p evaluated one step ahead:
-        S_k                                               p = 0
-        2 S_k - S_(k-1)                                   p = 1
-        3 S_k - 3 S_(k-1) + S_(k-2)                       p = 2
-        4 S_k - 6 S_(k-1) + 4 S_(k-2) - S_(k-3)           p = 3
-    (coefficients (-1)^j binom(p + 1, j + 1), j = 0..p). With masks (the ReLU masks of
-    the same solutions, newest first), row i uses the highest degree whose points all
-    share row i's mask: the adjoint U is smooth in theta between mask flips but jumps
-    at one, and a polynomial through a jump predicts worse than a lower one through
-    the smooth side.
-    """
-    past = [S for S in past if S is not None]
-    if not past:
-        return None
-    if masks is None:  # every row the same degree
-        return sum((-1) ** j * math.comb(len(past), j + 1) * S for j, S in enumerate(past))
-    n = past[0].shape[0]
-    degree = np.zeros(n, dtype=int)  # (n,) per row
-    same = np.ones(n, dtype=bool)  # (n,) row's mask unchanged over the points so far
-    for p in range(1, len(past)):
-        same &= (masks[p] == masks[p - 1]).all(axis=1)
-        degree[same] = p
-    out = past[0].copy()
-    for p in range(1, len(past)):
-        rows = np.flatnonzero(degree == p)
-        if rows.size:
-            out[rows] = sum((-1) ** j * math.comb(p + 1, j + 1) * past[j][rows] for j in range(p + 1))
+
+def _extrapolate(table, degree=None):
+    """S_(k+1) ~ sum_(j <= p) nabla^j S_k: the polynomial of degree p through the last
+    p + 1 points (Newton's backward formula), p = len(table) - 1, or per row p = degree[i]."""
+    out = table[0].copy()
+    for j in range(1, len(table)):
+        np.add(out, table[j], out=out, where=True if degree is None else (degree >= j)[:, None])
     return out
+
+
+def _jump_rows(D, energy=0.99, most=48):
+    """The rows of D holding `energy` of its squared norm (at most `most` rows), largest first."""
+    norms = np.einsum("ij,ij->i", D, D)  # (n,)
+    order = np.argsort(norms)[::-1]
+    total = float(norms.sum())
+    if not total > 0.0:
+        return order[:0]
+    count = int(np.searchsorted(np.cumsum(norms[order]), energy * total)) + 1
+    return order[: min(count, most)]
+
+
+def _warm_Z(past, X, step, gamma, train):
+    """Start of the forward solve: relu(H extrapolated + dH), see above (None: no history)."""
+    H_table, G_table, Z = past["H"], past["G"], past["Z"]
+    if not H_table:
+        return None
+    p = min(len(H_table) - 1, 2)
+    H = _extrapolate(H_table[: p + 1])  # (N, m)
+    if 1 <= p < len(G_table) and ("A" in train or "W" in train):
+        D, F = G_table[p], past["F"][p]  # nabla^p G, its jump rows
+        K = np.zeros((Z.shape[0], F.size))  # (N, |F|)
+        if "A" in train:
+            K += gamma**2 * (Z @ Z[F].T)
+        if "W" in train:
+            K += X @ X[F].T
+        H -= step * (K @ D[F])
+    return np.maximum(H, 0.0, out=H)
+
+
+def _warm_U(past, step, gamma, train):
+    """Start of the adjoint solve: U extrapolated row by row + dU, see above (None: no history)."""
+    U_table, G_table, gv_table, Z = past["U"], past["G"], past["gv"], past["Z"]
+    if not U_table:
+        return None
+    degree = np.minimum(past["steady"], len(U_table) - 1)  # (N,) back to the row's last flip
+    U = _extrapolate(U_table, degree)  # (N, m)
+    for p in range(1, min(len(U_table), len(G_table))):
+        rows = np.flatnonzero(degree == p)
+        if rows.size == 0:
+            continue
+        D, F = G_table[p], past["F"][p]  # nabla^p G, its jump rows
+        dU = np.zeros((rows.size, U.shape[1]))  # (|rows|, m)
+        if "v" in train:
+            dU -= step * gv_table[p]  # nabla^(p+1) v, exact
+        if "A" in train:
+            dU -= step * gamma**2 * ((U_table[0][rows] @ D[F].T) @ Z[F])
+        U[rows] += past["mask"][rows] * dU
+    return U
+
+
+def _remember(past, info, grads):
+    """Add step k's solutions to the warm-start history (in place)."""
+    mask = info["Z"] > 0  # (N, m)
+    if past["mask"] is None:
+        past["steady"] = np.zeros(mask.shape[0], dtype=int)
+    else:  # rows whose mask did not change: one more step back to extrapolate through
+        past["steady"] = np.where((mask == past["mask"]).all(axis=1), past["steady"] + 1, 0)
+    past.update(Z=info["Z"], mask=mask, H=_differences(info["H"], past["H"], 2))
+    if info["U"] is not None:  # an adjoint was solved (A or W trained)
+        past["U"] = _differences(info["U"], past["U"], 3)
+        past["G"] = _differences(info["G"], past["G"], 3)
+        past["F"] = [None] + [_jump_rows(D) for D in past["G"][1:]]
+    if grads.v is not None:
+        past["gv"] = _differences(grads.v, past["gv"], 3)
 
 
 def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track_lambda,
@@ -825,7 +903,9 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
     if track_lambda:
         rec["lambda_min"] = []
     history = {"norm_refreshes": 1, "train": train}
-    Zs, Us, Ms = (None,) * 3, (None,) * 4, (None,) * 4  # the last solutions and masks, newest first
+    # for the warm starts: backward-difference tables of H, G, U, grad_v (newest first),
+    # G's jump rows, the last Z and mask, and per row the steps since its mask last flipped
+    past = {"H": [], "G": [], "U": [], "gv": [], "F": [], "Z": None, "mask": None, "steady": None}
     good = theta  # the last parameters whose loss and gradient were computed
 
     def stop(k, reason):
@@ -837,12 +917,13 @@ def _train(params, X, y, gamma, step, steps, train, target, tol, max_iter, track
         try:
             loss, grads, info = loss_and_grad(
                 theta, X, y, gamma, wrt=train, tol=tol, max_iter=max_iter, A_norm=A_norm,
-                Z0=_extrapolate(Zs) if warm_start else None,
-                U0=_extrapolate(Us, Ms) if warm_start else None, return_info=True)
+                Z0=_warm_Z(past, X, step, gamma, train) if warm_start else None,
+                U0=_warm_U(past, step, gamma, train) if warm_start else None, return_info=True)
         except (NotConvergedError, FloatingPointError) as e:
             raise stop(k, str(e)) from e
         good = theta
-        Zs, Us, Ms = (info["Z"],) + Zs[:2], (info["U"],) + Us[:3], (info["Z"] > 0,) + Ms[:3]
+        if warm_start:
+            _remember(past, info, grads)
         rec["loss"].append(loss)
         rec["rho"].append(gamma * A_norm)
         rec["forward_iters"].append(info["forward"]["work"])

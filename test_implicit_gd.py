@@ -442,30 +442,39 @@ def test_warm_start_gives_the_same_answer_with_less_work():
     assert warm["adjoint_iters"][1:].sum() < cold["adjoint_iters"][1:].sum()
 
 
-def test_extrapolation_is_exact_for_polynomials_and_drops_degree_at_a_mask_flip():
+def test_extrapolation_is_exact_for_polynomials_and_per_row_degrees():
     rng = np.random.default_rng(3)
     c = rng.standard_normal((5, 4, 6))  # per entry of a (4, 6) array: a polynomial in t of degree 4
 
     def S(t, deg):  # the polynomial of degree deg at time t
         return sum(c[j] * t**j for j in range(deg + 1))
 
+    def table(deg, order):  # backward differences at t = 0 from t = -order .. 0
+        out = []
+        for t in range(-order, 1):
+            out = ig._differences(S(float(t), deg), out, order)
+        return out
+
     for deg in range(4):  # through deg + 1 points, degree deg is reproduced at t = 1
-        past = [S(-float(j), deg) for j in range(deg + 1)]  # t = 0, -1, ..., newest first
-        np.testing.assert_allclose(ig._extrapolate(past), S(1.0, deg), rtol=1e-12, atol=1e-12)
-    past = [S(-float(j), 4) for j in range(4)]  # degree 4 through 4 points: not exact
-    assert np.abs(ig._extrapolate(past) - S(1.0, 4)).max() > 1e-3
-    # with masks, row i uses the points since its last flip: row 0 none, row 1 one step ago,
-    # row 2 two steps ago; row 3 never flipped
-    past = [S(-float(j), 3) for j in range(4)]
-    masks = [np.ones((4, 6), dtype=bool) for _ in range(4)]
-    masks[1][0, 0] = masks[2][1, 0] = masks[3][2, 0] = False
-    out = ig._extrapolate(past, masks)
-    np.testing.assert_array_equal(out[0], past[0][0])  # degree 0
-    np.testing.assert_allclose(out[1], 2 * past[0][1] - past[1][1], rtol=1e-12)  # degree 1
+        np.testing.assert_allclose(ig._extrapolate(table(deg, deg)), S(1.0, deg), rtol=1e-12, atol=1e-12)
+    # degree 4 through 4 points: not exact
+    assert np.abs(ig._extrapolate(table(4, 3)) - S(1.0, 4)).max() > 1e-3
+    # per row: row i through the last i + 1 points only
+    past = [S(-float(j), 3) for j in range(4)]  # t = 0, -1, -2, -3
+    out = ig._extrapolate(table(3, 3), np.array([0, 1, 2, 3]))
+    np.testing.assert_allclose(out[0], past[0][0], rtol=1e-12)  # degree 0: S_k
+    np.testing.assert_allclose(out[1], 2 * past[0][1] - past[1][1], rtol=1e-12)
     np.testing.assert_allclose(out[2], 3 * past[0][2] - 3 * past[1][2] + past[2][2], rtol=1e-12)
     np.testing.assert_allclose(out[3], S(1.0, 3)[3], rtol=1e-12, atol=1e-12)  # degree 3: exact
 
-# ---- demo, sweep, bench: properties, not that they ran ----
+
+def test_jump_rows_hold_the_energy_asked_for():
+    D = np.zeros((4, 3))
+    D[:, 0] = [3.0, 1.0, 0.0, math.sqrt(90.0)]  # squared row norms 9, 1, 0, 90
+    np.testing.assert_array_equal(ig._jump_rows(D, energy=0.99), [3, 0])  # 99 of 100
+    np.testing.assert_array_equal(ig._jump_rows(D, energy=1.0), [3, 0, 1])
+    np.testing.assert_array_equal(ig._jump_rows(D, energy=0.99, most=1), [3])
+    assert ig._jump_rows(np.zeros((4, 3))).size == 0
 
 
 def test_demo_summary_certifies_its_claims():
