@@ -468,6 +468,17 @@ def test_extrapolation_is_exact_for_polynomials_and_per_row_degrees():
     np.testing.assert_allclose(out[3], S(1.0, 3)[3], rtol=1e-12, atol=1e-12)  # degree 3: exact
 
 
+def test_warm_start_history_counts_steps_since_each_rows_last_mask_flip():
+    past = {"H": [], "G": [], "U": [], "gv": [], "F": [], "Z": None, "mask": None, "steady": None}
+    grads = Params(None, None, None)
+    for z1 in [1.0, 1.0, -1.0, -1.0, -1.0]:  # row 1's mask flips at step 2
+        Z = np.array([[1.0, 1.0], [1.0, max(z1, 0.0)], [0.0, 1.0]])
+        ig._remember(past, {"Z": Z, "H": Z, "U": None, "G": None}, grads)
+    np.testing.assert_array_equal(past["steady"], [4, 2, 4])
+    assert len(past["H"]) == 3  # H and its first two backward differences
+    np.testing.assert_array_equal(past["H"][1], 0.0)  # the last two H are equal
+
+
 def test_jump_rows_hold_the_energy_asked_for():
     D = np.zeros((4, 3))
     D[:, 0] = [3.0, 1.0, 0.0, math.sqrt(90.0)]  # squared row norms 9, 1, 0, 90
