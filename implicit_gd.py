@@ -1444,7 +1444,8 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=100, quiet=Fals
     ((K_f + K_b + 3) t_gemm). Warm starts: sweeps per GD step warm over cold (the same
     path), over warm_steps steps from initialisation at (N/4, m/2) (warm_cold_ratio), over
     the first 20 of them (warm_cold_ratio_first_20: the hard phase, where v and the
-    residual move fast), and over the demo's problem trained to 1e-10.
+    residual move fast), and over the demo's problem trained to 1e-10; warm_cold_time_ratio
+    is the wall time of the warm_steps run over the cold one (one run each: noisy).
 
     Parameters
     ----------
@@ -1517,21 +1518,24 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=100, quiet=Fals
         Zw, _ = equilibrium(pw, Xw, gamma)
         if not Zw.any():
             say(f"  warm start at N = {n}, m = {mm}: skipped, Z(0) = 0 (every unit off)")
-            return math.nan, math.nan
+            return math.nan, math.nan, math.nan
         lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
-        sweeps = []  # (steps,) per step after the first: warm, then cold
+        sweeps, seconds = [], []  # per step after the first, and the run's time: warm, then cold
         for warm in (True, False):
+            start = time.perf_counter()
             _, h = gradient_descent(pw, Xw, yw, gamma, lr=lr, steps=steps, target=target, warm_start=warm)
+            seconds.append(time.perf_counter() - start)
             sweeps.append(h["forward_iters"][1:] + h["adjoint_iters"][1:])
         w, c = sweeps
         k = min(20, w.size)
         say(f"  warm start, GD at N = {n}, m = {mm}, d = {dd}, lr = 1/||Z(0)||_2^2, {w.size} steps: "
             f"{w.mean():.2f} sweeps per step warm, {c.mean():.2f} cold, ratio {w.mean() / c.mean():.3f} "
-            f"(first {k} steps: {w[:k].mean() / c[:k].mean():.3f})")
-        return float(w.mean() / c.mean()), float(w[:k].mean() / c[:k].mean())
+            f"(first {k} steps: {w[:k].mean() / c[:k].mean():.3f}); time {seconds[0]:.1f} s warm, "
+            f"{seconds[1]:.1f} s cold")
+        return float(w.mean() / c.mean()), float(w[:k].mean() / c[:k].mean()), seconds[0] / seconds[1]
 
-    short, first = warm_over_cold(max(1, N // 4), max(1, m // 2), d, warm_steps, None)
-    whole, _ = warm_over_cold(32, 64, 16, 3000, 1e-10)  # the demo's problem, trained to 1e-10
+    short, first, short_time = warm_over_cold(max(1, N // 4), max(1, m // 2), d, warm_steps, None)
+    whole, _, _ = warm_over_cold(32, 64, 16, 3000, 1e-10)  # the demo's problem, trained to 1e-10
     return {"N": N, "m": m, "d": d, "repeats": repeats, "k_forward": k_f, "k_adjoint": k_b,
             "iterations_forward": info["forward"]["iterations"],
             "iterations_adjoint": info["adjoint"]["iterations"], "seconds": t, "t_gemm": t_gemm,
@@ -1539,7 +1543,8 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, warm_steps=100, quiet=Fals
             "gemm_ratio_norm_bound": norm_share, "exponent_N": exp_N, "exponent_m": exp_m,
             "peak_extra_bytes": int(peak), "peak_extra_words_per_Nm_m2": peak / 8 / words,
             "peak_extra_bytes_tol_1e-4": int(peak_loose), "warm_cold_ratio": short,
-            "warm_cold_ratio_first_20": first, "warm_cold_ratio_demo_to_convergence": whole}
+            "warm_cold_ratio_first_20": first, "warm_cold_time_ratio": short_time,
+            "warm_cold_ratio_demo_to_convergence": whole}
 
 
 # ---- golden vectors: export for other implementations, verify theirs ----
