@@ -14,10 +14,9 @@ The model, theta = (A, W, v) (papers' (gamma / sqrt(m)) A' is gamma -> gamma / s
     H = gamma Z A^T + X W^T,   Z = relu(H),   yhat = Z v,   Phi = 0.5 ||yhat - y||^2
 Conventions, for the whole file:
 - ReLU'(h) = 1[h > 0], zero at the kink, everywhere: the mask is D = 1[H > 0].
-- A solve certifies: with rho >= gamma ||A||_2 (< 1: well-posed), the result S is within
-  error_bound of the exact S* in Frobenius norm, and error_bound <= tol ||S||_F (tol is
-  relative). info: iterations (sweeps), delta (the last ||S_k - S_(k-1)||_F), error_bound,
-  certified, rho, tol; loss_and_grad adds mask_certified and grad_error_bound.
+- A solve certifies, with rho >= gamma ||A||_2 (< 1: well-posed): S is within error_bound <=
+  tol ||S||_F of the exact S* (Frobenius; tol is relative). info: iterations (sweeps), delta
+  (the last ||S_k - S_(k-1)||_F), error_bound, certified, rho, tol, and mask_certified.
 - Bad input raises TypeError or ValueError naming the argument, before any work. Also
   NotWellPosedError (a ValueError): gamma ||A||_2 >= 1; NotConvergedError (a RuntimeError):
   a solve cannot certify tol; TrainingError (a RuntimeError): training stopped early;
@@ -25,8 +24,7 @@ Conventions, for the whole file:
 - Float64. Arrays that could under- or overflow inside are carried as a mantissa times a
   power of two (exact). Inputs are never modified; randomness comes only from seeds.
 Map: model and equilibrium, implicit gradient, GD and flow, diagnostics, "end of the copyable
-core" (above it runs alone), cross-checks and data, demo and sweep, bench, golden, CLI.
-"""
+core" (above it runs alone), cross-checks and data, demo and sweep, bench, golden, CLI."""
 
 import math
 import numbers
@@ -42,9 +40,8 @@ class NotWellPosedError(ValueError):
     """gamma ||A||_2 >= 1: the equilibrium is not certified to exist or to be unique."""
 
 class NotConvergedError(RuntimeError):
-    """A solve did not certify tol. iterations; error_bound, reached (the caller's units);
-    attainable_tol, the smallest tol float64 can certify here when rounding stopped the solve
-    (None when max_iter ran out first)."""
+    """A solve did not certify tol: iterations; error_bound, reached; attainable_tol, the smallest
+    tol float64 certifies here when rounding stopped it (None when max_iter ran out first)."""
     def __init__(self, message, **attributes):  # iterations, error_bound, attainable_tol
         super().__init__(message)
         self.__dict__.update({"attainable_tol": None, **attributes})
@@ -99,31 +96,40 @@ def _check_params(params):
 
 def _check_train(train, name="train"):
     names = (train,) if isinstance(train, str) else train
-    if not isinstance(names, (tuple, list)) or not names or len(set(names)) != len(names) \
-            or not set(names) <= set(PARAM_NAMES):
+    if not (isinstance(names, (tuple, list)) and 0 < len(set(names)) == len(names) <= 3
+            and set(names) <= set(PARAM_NAMES)):
         raise ValueError(f"{name} must be a non-empty subset of {PARAM_NAMES}, got {train!r}")
     return tuple(p for p in PARAM_NAMES if p in names)
 
 def _exponent(a):
-    """e with max |a| / 2^e in [1/2, 1) (0 for a = 0): dividing by 2^e is exact."""
+    """e with max |a| / 2^e in [1/2, 1), 0 for a = 0."""
     return int(np.frexp(max(a.max(), -a.min()))[1])
 
+def _scaled(a):
+    """(a / 2^e, e) with e = _exponent(a): exact, but for entries 2^-1022 below the largest."""
+    e = _exponent(a)
+    return np.ldexp(a, -e), e
+
+def _norm(a, e=0):
+    """||a||_F 2^e, with no square under- or overflowing (inf if the result overflows)."""
+    S, k = _scaled(np.asarray(a))
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(np.linalg.norm(S), k + e))
+
 def _unscale(name, S, e):
-    """S 2^e in float64, or FloatingPointError if float64 cannot hold it: an entry overflows,
-    or the largest is below 2^-970, where subnormals lose the digits tol asks for."""
+    """S 2^e in float64, or FloatingPointError if float64 cannot hold it: an entry overflows, or
+    the largest is below 2^-970, where subnormals lose the digits tol asks for (or all)."""
     with np.errstate(over="ignore"):
         out = np.ldexp(S, e)
-    peak = float(max(out.max(), -out.min()))
-    if not math.isfinite(peak) or 0.0 < peak < 2.0**-970:
-        raise FloatingPointError(f"{name} {'overflows' if peak > 1 else 'underflows'} float64 "
-                                 f"(largest entry about 2^{e + _exponent(S)})")
+    top = e + _exponent(S)  # max |out| < 2^top
+    if not np.isfinite(out).all() or (S.any() and top <= -970):
+        raise FloatingPointError(f"{name} {'overflows' if top > 0 else 'underflows'} float64 "
+                                 f"(largest entry about 2^{top})")
     return out
 
 def _public(info, e):
-    """A solver's info in the caller's units: its norms times 2^e."""
-    with np.errstate(over="ignore"):
-        return {**info, "delta": float(np.ldexp(info["delta"], e)),
-                "error_bound": float(np.ldexp(info["error_bound"], e))}
+    """A solver's info in the caller's units: its norms times 2^e (they fit, as S does)."""
+    return {**info, "delta": _norm(info["delta"], e), "error_bound": _norm(info["error_bound"], e)}
 
 # ---- the model and its certified equilibrium ----
 
@@ -141,12 +147,10 @@ def norm_bound(A):
     """A certified upper bound of ||A||_2: sqrt(lambda_max(A^T A)) (1 + 2 m^2 eps). The factor
     covers forming A^T A (at most m eps ||A||_F^2 <= m^2 eps ||A||_2^2) and the eigensolver's
     backward error; squaring does not hurt the largest singular value."""
-    A = _array("A", A, (None, None))
-    e = _exponent(A)
-    As = np.ldexp(A, -e)  # (m, m), entries below 1: no square under- or overflows
+    As, e = _scaled(_array("A", A, (None, None)))  # (m, m), below 1: no square under/overflows
     lam = np.linalg.eigvalsh(As.T @ As)[-1]  # one buffer twice: matmul uses syrk, half the work
     with np.errstate(over="ignore"):
-        bound = float(np.ldexp(math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * len(A) ** 2 * EPS), e))
+        bound = float(np.ldexp(math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * len(As) ** 2 * EPS), e))
     if not math.isfinite(bound):
         raise FloatingPointError(f"||A||_2 overflows float64 (about 2^{e})")
     return bound
@@ -159,16 +163,16 @@ def _rho(A, gamma, allow_ill_posed=False):
                                 f"{gamma:.6g}); lower gamma")
     return rho
 
-def _fixed_point(f, S, rho, tol, max_iter, what, e):
+def _fixed_point(f, S, rho, tol, max_iter, what, e, beta=0.0):
     """Certified Picard iteration S_k = f(S_(k-1)), for a map whose rows are rho-contractions:
-        delta_k = ||S_k - S_(k-1)||,   e_k = (rho delta_k + nu ||S_k||) / (1 - rho)
-    bounds the error (||S_k - S*|| <= rho ||S_(k-1) - S*|| + nu ||S_k||, and ||S_(k-1) - S*||
-    <= delta_k + ||S_k - S*||); stop at the first e_k <= tol ||S_k||. nu ||S_k|| models one
-    sweep's rounding, nu = eps (1 + sqrt(m) rho): 40 times what we measure at m = 1024.
-    Norms are Frobenius. In exact arithmetic delta shrinks by rho or more a sweep; after
-    10 + 2 / (1 - rho) sweeps without a new low, rounding has taken over (the floor): stop,
-    naming the smallest tol certified on the way. f(S, out) writes f(S) into out; S is
-    overwritten; 2^e is the caller's unit. rho >= 1: uncertified, stop at delta <= tol ||S||."""
+        delta_k = ||S_k - S_(k-1)||,   e_k = (rho delta_k + nu ||S_k|| + beta) / (1 - rho)
+    bounds the error (||S_k - S*|| <= rho ||S_(k-1) - S*|| + nu ||S_k|| + beta, and ||S_(k-1) -
+    S*|| <= delta_k + ||S_k - S*||); stop at the first e_k <= tol ||S_k||. beta bounds the
+    rounding of the map's data, made once; nu ||S_k|| models a sweep's, nu = eps (1 + sqrt(m)
+    rho): 5 to 50 times what we measure. Norms are Frobenius. In exact arithmetic delta shrinks
+    by rho or more a sweep; after 10 + 2 / (1 - rho) sweeps without a new low, rounding has
+    taken over (the floor): stop, naming the smallest tol certified on the way. f(S, out)
+    writes f(S) into out; S is overwritten; 2^e is the caller's unit. rho >= 1: uncertified."""
     nu = EPS * (1.0 + math.sqrt(S.shape[1]) * rho)
     patience = 10 + 2 / (1 - rho) if rho < 1 else max_iter
     new = np.empty_like(S)
@@ -178,7 +182,7 @@ def _fixed_point(f, S, rho, tol, max_iter, what, e):
         S -= new  # S_(k-1) - S_k, in the buffer S_(k-1) no longer needs
         delta, size = math.sqrt(np.vdot(S, S)), math.sqrt(np.vdot(new, new))
         S, new = new, S
-        bound = (rho * delta + nu * size) / (1 - rho) if rho < 1 else math.inf
+        bound = (rho * delta + nu * size + beta) / (1 - rho) if rho < 1 else math.inf
         if (bound if rho < 1 else delta) <= tol * size:
             return S, {"iterations": sweep, "delta": delta, "error_bound": bound, "rho": rho,
                        "certified": rho < 1, "tol": tol}
@@ -191,22 +195,32 @@ def _fixed_point(f, S, rho, tol, max_iter, what, e):
             break
     floor = sweep - low_sweep > patience  # rounding, not max_iter, stopped it
     attainable = float(f"{1.06 * best:.2g}") if floor else None  # rounded up: this tol certifies
-    why = (f"the change per sweep stopped shrinking at sweep {low_sweep}: tol is below what "
-           f"float64 can certify here, and the smallest tol it can certify is {attainable}"
-           if floor else f"max_iter = {max_iter} sweeps ran out while the change still shrinks")
     with np.errstate(over="ignore"):
         raise NotConvergedError(f"{what}: tol = {tol:.3g} not certified (rho = {rho:.6g}, "
-                                f"certified error {best:.3g} of the norm): {why}", iterations=sweep,
-                                error_bound=float(np.ldexp(bound, e)), attainable_tol=attainable)
+                                f"certified error {best:.3g} of the norm): " + (
+            f"the change per sweep stopped shrinking at sweep {low_sweep}: tol is below what "
+            f"float64 can certify here, and the smallest tol it can certify is {attainable}"
+            if floor else f"max_iter = {max_iter} sweeps ran out while the change still shrinks"),
+            iterations=sweep, error_bound=float(np.ldexp(bound, e)), attainable_tol=attainable)
 
 def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0=None):
     """(Z / 2^e, e, info) on checked inputs: 2^e is the scale of the largest entry of
     relu(X W^T), so the iteration cannot under- or overflow. Z0 = (S, e0) is a start S 2^e0."""
-    ex, ew = _exponent(X), _exponent(W)
-    B = np.ldexp(X, -ex) @ np.ldexp(W, -ew).T  # (N, m) X W^T, no product under- or overflows
+    (Xs, ex), (Ws, ew) = _scaled(X), _scaled(W)
+    B = Xs @ Ws.T  # (N, m) X W^T / 2^(ex + ew)
     eb = int(np.frexp(max(B.max(), 0.0))[1])  # the largest entry of relu(X W^T): Z's scale
     e = ex + ew + eb
     np.ldexp(B, -eb, out=B)  # Z is homogeneous in X W^T: solve for Z / 2^e
+    # B's rounding, made once: d eps |X||W|^T (|| ||_F^2 = sum((|X|^T |X|) * (|W|^T |W|))), and
+    # 2^-1074 an entry where a scaled factor or a product (of factors < 2^-511) underflows
+    aX, aW, d, under = np.abs(Xs), np.abs(Ws), X.shape[1], math.sqrt(B.size) * 2.0**-1074
+    tiny = np.prod([np.ldexp(np.abs(a).min(initial=np.inf, where=a != 0), -k)
+                    for a, k in ((X, ex), (W, ew))]) < 2.0**-1021  # the smallest nonzero factors
+    with np.errstate(over="ignore"):
+        beta = float(np.ldexp(d * EPS * math.sqrt(np.sum((aX.T @ aX) * (aW.T @ aW))) + tiny *
+                              (d + 1) * under, -eb)) + (eb > 0) * under
+    if B.max() <= 0 and (B + d * EPS * (aX @ aW.T) + tiny * (d + 1) * 2.0**-1074).max() <= 0:
+        beta = 0.0  # the exact X W^T <= 0 too: Z* = 0, exactly
     gAT = gamma * A.T  # (m, m)
     H = np.empty_like(B)  # (N, m) the pre-activation of the last sweep
     def picard(Z, out):
@@ -218,10 +232,10 @@ def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0=None):
             if rho < 1 else np.inf
         with np.errstate(over="ignore"):
             Z = np.clip(np.ldexp(Z0[0], Z0[1] - e), 0.0, cap)  # (N, m)
-    Z, info = _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium", e)
-    # ||H_k - H*|| <= rho (delta + ||Z_k - Z*||) + nu ||Z_k|| = error_bound (see _fixed_point):
-    # when no |h_ij| reaches it, the mask 1[H > 0] is the exact one.
-    info["mask_certified"] = bool(np.abs(H, out=H).min() > info["error_bound"])
+    Z, info = _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium", e, beta)
+    # Before its last rounding, which keeps its sign, the last sweep's H is within rho (delta +
+    # ||Z_k - Z*||) + nu ||Z_k|| + beta = error_bound of H*: past that, 1[H > 0] is exact.
+    info["mask_certified"] = bool(np.abs(H, out=H).min() > (1 + EPS) * info["error_bound"])
     return Z, e, info
 
 def _forward_args(params, X, gamma, tol, max_iter, Z0, allow_ill_posed=False):
@@ -245,13 +259,6 @@ def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, allow_
     Z, e, info = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
     return _unscale("Z", Z, e), _public(info, e)
 
-def predict(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None):
-    """yhat = Z v, Z the certified equilibrium."""
-    (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
-    Z, e, _ = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
-    ev = _exponent(v)
-    return _unscale("yhat", Z @ np.ldexp(v, -ev), e + ev)  # (N,)
-
 # ---- the implicit gradient ----
 #
 # Differentiate the equilibrium z_i = relu(h_i), h_i = gamma A z_i + W x_i, with the mask
@@ -270,70 +277,75 @@ def predict(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None):
 #
 # The gradient's certificate. Z_k is within eZ of Z*; when the mask is certified it is the
 # exact one, and G_k is within eG of diag(r_k) U*. With r* = Z* v - y (Frobenius norms):
-#     ||r_k - r*|| <= eZ ||v|| = er,          ||u_i*|| <= ||v|| / (1 - rho),
-#     ||G_k - G*|| <= eG + er ||v|| / (1 - rho) = eG',
+#     ||r_k - r*|| <= (eZ + m eps ||Z_k||) ||v|| + eps ||r_k|| = er   (with fl(Z v) - y),
+#     ||u_i*|| <= ||v|| / (1 - rho),   ||G_k - G*|| <= eG + er ||v|| / (1 - rho) = eG',
 #     ||dA_k - dA*|| <= gamma (eG' ||Z_k|| + (||G_k|| + eG') eZ),
 #     ||dW_k - dW*|| <= eG' ||X||,      ||dv_k - dv*|| <= eZ ||r_k|| + (||Z_k|| + eZ) er,
-# each plus the products' rounding, modelled as sqrt(N) eps times the norms multiplied.
-# grad_error_bound stacks those of the gradients asked for. With the direct adjoint, exact
-# up to rounding, eG = 0. Where the mask is not certified it is inf: near a kink the loss
-# may have no derivative, and the convention ReLU'(0) = 0 decides what is returned.
+# each plus the products' rounding, at most N eps times the norms multiplied. The bound
+# stacks those of the gradients asked for; the direct adjoint is exact up to rounding (eG =
+# 0). Where the mask is not certified it is inf: near a kink the loss may have no derivative,
+# and the convention ReLU'(0) = 0 decides what is returned.
 
-def _adjoint(A, v, mask, r, gamma, rho, tol, max_iter, e, U0=None):
-    """(G, info): G = mask * (r v^T + gamma G A), certified, on checked inputs scaled so that
-    |v|, |r| < 1 (2^e: G's unit). U0 = (S, e0), S 2^e0 in v's units, starts G_0 = diag(r) U0."""
-    gA, rv = gamma * A, np.outer(r, v)  # (m, m), (N, m) r v^T
+def _adjoint(A, v, mask, r, gamma, rho, tol, max_iter, U0=None):
+    """(G / 2^e, e, info): G = mask * (r v^T + gamma G A), certified, on checked inputs; v, r and
+    a start U0 (G_0 = diag(r) U0) come as (S, e0), for S 2^e0."""
+    (vs, ev), (rs, er) = v, r
+    C, ec = _scaled(mask * np.outer(rs, vs))  # (N, m) 1[H > 0] r v^T: G's scale (as relu(B) Z's)
+    gA, e, under = gamma * A, er + ev + ec, math.sqrt(C.size) * 2.0**-1074  # (m, m)
     def picard(G, out):
-        np.multiply(np.add(np.matmul(G, gA, out=out), rv, out=out), mask, out=out)  # D(rv^T+gGA)
+        np.multiply(np.add(np.matmul(G, gA, out=out), C, out=out), mask, out=out)  # D (C + gGA)
     if U0 is None:
-        G = mask * rv  # (N, m)
-    else:  # each row of U* is masked, of norm <= ||v|| / (1 - rho): projecting cannot hurt
-        cap = np.linalg.norm(v) / (1 - rho)
+        G = C.copy()  # (N, m)
+    else:  # each row of U* has norm <= ||v|| / (1 - rho): projecting cannot hurt
+        cap = float(np.ldexp(np.linalg.norm(vs) / (1 - rho), -ec))
         with np.errstate(over="ignore"):
-            G = mask * r[:, None] * np.clip(np.ldexp(U0[0], U0[1]), -cap, cap)  # (N, m)
-    return _fixed_point(picard, G, rho, tol, max_iter, "adjoint", e)
+            G = mask * rs[:, None] * np.clip(np.ldexp(U0[0], U0[1] - ev - ec), -cap, cap)
+    with np.errstate(over="ignore"):  # C's rounding, made once: eps |C|, and underflow
+        beta = EPS * np.linalg.norm(C) + mask.any() * float(np.ldexp(under, -ec) + under)
+    G, info = _fixed_point(picard, G, rho, tol, max_iter, "adjoint", e, beta)
+    return G, e, info
 
 def _loss_and_grad(theta, X, y, gamma, rho, wrt, tol, max_iter, Z0=None, U0=None,
                    method="fixed_point"):
-    """(loss, grads, s) on checked inputs and a certified rho; s holds the scaled solutions
-    Z = s["Z"] 2^ez, U = s["U"] 2^ev, G = s["G"] 2^(er + ev), and the certificates."""
+    """(loss, grads, s) on checked inputs and a certified rho; s holds the scaled solutions,
+    Z = s["Z"] 2^s["ez"] and so U and G, and the certificates."""
     A, W, v = theta
     Z, ez, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
-    ev, ex = _exponent(v), _exponent(X)
-    vs, Xs = np.ldexp(v, -ev), np.ldexp(X, -ex)  # (m,), (N, d)
+    (vs, ev), (Xs, ex) = _scaled(v), _scaled(X)  # (m,), (N, d)
     with np.errstate(over="ignore"):
         r = np.ldexp(Z @ vs, ez + ev) - y  # (N,) yhat - y
-        er = _exponent(r)
-        rs = np.ldexp(r, -er)  # (N,)
+        rs, er = _scaled(r)  # (N,)
         loss = float(np.ldexp(0.5 * (rs @ rs), 2 * er))
     if not math.isfinite(loss):
         raise FloatingPointError(f"the loss overflows float64 (max |r_i| = {max(abs(r)):.3g})")
     U = G = backward = None
-    eG = 0.0  # G's certified error; 0 for the direct adjoint
+    eG, eg, eu = 0.0, er + ev, ev  # G's certified error (0 for the direct adjoint), G's, U's units
     if "A" in wrt or "W" in wrt:
         if method == "direct":  # per-sample solves: a cross-check, below the copyable core
-            G = _adjoint_direct(A, vs, Z > 0, rs, gamma)  # (N, m)
+            G, ec = _scaled(_adjoint_direct(A, vs, Z > 0, rs, gamma))  # (N, m)
+            eg += ec
         else:
-            U0 = None if U0 is None else (U0[0], U0[1] - ev)
-            G, backward = _adjoint(A, vs, Z > 0, rs, gamma, rho, tol, max_iter, er + ev, U0)
-            eG, zero = backward["error_bound"], np.zeros_like(G)
-            U = np.divide(G, rs[:, None], out=zero, where=rs[:, None] != 0)  # G = diag(r) U
-    g, eg = math.frexp(gamma)
-    units = {"A": eg + er + ev + ez, "W": er + ev + ex, "v": ez + er}  # each gradient's 2^e
+            G, eg, backward = _adjoint(A, (vs, ev), Z > 0, (rs, er), gamma, rho, tol, max_iter, U0)
+            eG, eu, U = backward["error_bound"], eg - er, np.zeros_like(G)
+            np.divide(G, rs[:, None], out=U, where=rs[:, None] != 0)  # (N, m) G = diag(r) U
+    g, e_gamma = math.frexp(gamma)
+    units = {"A": e_gamma + eg + ez, "W": eg + ex, "v": ez + er}  # each gradient's 2^e
     grads = Params(_unscale("dA", g * (G.T @ Z), units["A"]) if "A" in wrt else None,  # gG^TZ
                    _unscale("dW", G.T @ Xs, units["W"]) if "W" in wrt else None,  # G^T X
                    _unscale("dv", Z.T @ rs, units["v"]) if "v" in wrt else None)  # Z^T r
-    # the gradients' certificate (derivation above), each term in its gradient's units
+    # the gradients' certificate (derivation above), each term in its gradient's units; the
+    # rounding of the products is at most n eps times the norms multiplied, n summed over
     eZ, nZ, nv, nr, nX = (forward["error_bound"], *map(np.linalg.norm, (Z, vs, rs, Xs)))
-    nG, rounding = (0.0 if G is None else np.linalg.norm(G)), math.sqrt(len(X)) * EPS
-    with np.errstate(over="ignore"):
-        er_ = eZ * nv * float(np.ldexp(1.0, ez + ev - er))  # ||r_k - r*||, in r's units
-        eG_ = eG + er_ * nv / (1 - rho)  # ||G_k - G*||
-        err = {"A": g * (eG_ * nZ + (nG + eG_) * eZ + rounding * nG * nZ),
-               "W": eG_ * nX + rounding * nG * nX,
-               "v": eZ * nr + (nZ + eZ) * er_ + rounding * nZ * nr}
+    nG, N, under = 0.0 if G is None else np.linalg.norm(G), len(X), math.sqrt(len(X)) * 2.0**-1074
+    with np.errstate(over="ignore"):  # ||r_k - r*||: Z's error, and rounding fl(Z v) - y
+        er_ = float(np.ldexp((eZ + len(v) * EPS * nZ) * nv, ez + ev - er) + np.ldexp(under, -er)
+                    ) + EPS * nr
+        eG_ = eG + float(np.ldexp(er_ * nv / (1 - rho), er + ev - eg))  # ||G_k - G*||
+        err = {"A": g * (eG_ * nZ + (nG + eG_) * eZ + (N + 1) * EPS * nG * nZ),
+               "W": eG_ * nX + N * EPS * nG * nX,
+               "v": eZ * nr + (nZ + eZ) * er_ + N * EPS * nZ * nr}
         bound = math.hypot(*(float(np.ldexp(err[p], units[p])) for p in wrt))
-    return loss, grads, {"Z": Z, "ez": ez, "U": U, "ev": ev, "G": G, "er": er, "r": r,
+    return loss, grads, {"Z": Z, "ez": ez, "U": U, "eu": eu, "G": G, "eg": eg, "r": r,
                          "forward": forward, "adjoint": backward,
                          "mask_certified": forward["mask_certified"],
                          "grad_error_bound": bound if forward["mask_certified"] else math.inf}
@@ -346,8 +358,7 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     wrt: the gradients wanted, the others are None (with ("v",) no adjoint is solved). Z0, U0:
     warm starts. method "direct": G by per-sample solves (adjoint_direct), a cross-check for
     small m. return_info adds a third result: Z, G, U, r, forward and adjoint (the solves'
-    infos), mask_certified, grad_error_bound (see above).
-    """
+    infos), mask_certified, grad_error_bound (see above)."""
     (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
     y, wrt = _array("y", y, (len(X),)), _check_train(wrt, "wrt")
     U0 = None if U0 is None else (_array("U0", U0, (len(X), len(A))), 0)
@@ -357,29 +368,25 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
                                     U0, method)
     if not return_info:
         return loss, grads
-    units = {"Z": s["ez"], "G": s["er"] + s["ev"], "U": s["ev"]}  # to the caller's units
+    units = {"Z": s["ez"], "G": s["eg"], "U": s["eu"]}  # to the caller's units
     info = {key: None if s[key] is None else _unscale(key, s[key], e) for key, e in units.items()}
     return loss, grads, {**info, "r": s["r"], "forward": _public(s["forward"], s["ez"]),
-                         "adjoint": s["adjoint"] and _public(s["adjoint"], units["G"]),
-                         "mask_certified": s["mask_certified"],
-                         "grad_error_bound": s["grad_error_bound"]}
+                         "adjoint": s["adjoint"] and _public(s["adjoint"], s["eg"]),
+                         **{k: s[k] for k in ("mask_certified", "grad_error_bound")}}
 
 # ---- gradient descent and gradient flow ----
 #
-# GD:  theta_(k+1) = theta_k - lr grad Phi(theta_k), the trained parameters only.
-# GF:  d theta / dt = -grad Phi(theta) by explicit Euler: n = ceil(t_end / dt) equal steps
-#      h = t_end / n <= dt; an Euler step is a GD step with lr = h, so both run one loop.
+# GD: theta_(k+1) = theta_k - lr grad Phi(theta_k). GF: d theta / dt = -grad Phi(theta), by
+# explicit Euler, n = ceil(t_end / dt) steps h = t_end / n, each a GD step with lr = h.
 # Warm starts: each solve starts on the line through the last two solutions, Z_0 =
 # relu(2 Z_k - Z_(k-1)) (the solver's projection is the relu) and U_0 = 2 U_k - U_(k-1).
-# rho without an eigensolve per step: with A_ref the A of the last exact norm_bound,
-#     ||A_k||_2 <= ||A_ref||_2 + ||A_k - A_ref||_F   (times 1 + 2 m^2 eps, for rounding),
-# which bounds the change since A_ref, not only the last step's. When the margin 1 - rho has
-# halved since A_ref, rho is recomputed exactly; if that reaches 1, training stops.
+# rho without an eigensolve per step: ||A_k||_2 <= ||A_ref||_2 + ||A_k - A_ref||_F (times
+# 1 + 2 m^2 eps), A_ref the A of the last exact norm_bound, so all the change since counts.
+# When the margin 1 - rho has halved since, rho is recomputed; if that reaches 1, we stop.
 
 def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, target=None,
                      tol=1e-12, max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
     """theta_(k+1) = theta_k - lr grad Phi(theta_k), at most `steps` steps: (theta_K, history).
-
     train: the parameters that move. target: stop once Phi_k <= target Phi_0. history: arrays
     with entry k at theta_k, loss, rho (certified), forward_iters and adjoint_iters (sweeps),
     grad_norm (of the whole trained gradient), lambda_min (if asked: an SVD a step); and
@@ -391,7 +398,6 @@ def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, targe
 def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=None, tol=1e-12,
                   max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
     """d theta/dt = -grad Phi(theta) on [0, t_end] by explicit Euler: (theta(t_end), history).
-
         theta(t + h) = theta(t) - h grad Phi(theta(t)),   n = ceil(t_end / dt), h = t_end / n
     First order: halving dt halves the error at t_end. history: as GD's, and t = k h, h."""
     t_end, dt = _number("t_end", t_end), _number("dt", dt)
@@ -410,8 +416,8 @@ def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track_l
     log_every = _number("log_every", log_every, integer=True, zero=True)
     rho = rho_ref = _rho(theta.A, gamma)  # NotWellPosedError before any work
     A_ref, m = theta.A, len(theta.A)
-    keys = ("loss", "rho", "forward_iters", "adjoint_iters", "grad_norm") + ("lambda_min",) * \
-        bool(track_lambda)
+    keys = ("loss", "rho", "forward_iters", "adjoint_iters", "grad_norm", "lambda_min")[:5 + bool(
+        track_lambda)]
     history = {"norm_refreshes": 1, "train": train, **{key: [] for key in keys}}
     good, past = theta, []  # the last params whose loss is recorded; the last two solutions
     def finish():
@@ -435,9 +441,9 @@ def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track_l
             raise stop(k, "solver floor" if e.attainable_tol else "not converged", e, rho) from e
         except FloatingPointError as e:
             raise stop(k, "diverged", e, rho) from e
-        good, past = theta, past[-1:] + [(s["Z"], s["ez"], s["U"], s["ev"])]
+        good, past = theta, past[-1:] + [(s["Z"], s["ez"], s["U"], s["eu"])]
         row = [loss, rho, s["forward"]["iterations"], s["adjoint"]["iterations"] if s["adjoint"]
-               else 0, math.hypot(*(np.linalg.norm(g) for g in grads if g is not None))]
+               else 0, math.hypot(*(_norm(g) for g in grads if g is not None))]
         if track_lambda:  # lambda_min(Z Z^T) = lambda_min(Zs Zs^T) 4^ez
             row.append(float(np.ldexp(lambda_min(s["Z"]), 2 * s["ez"])))
         for key, value in zip(keys, row):
@@ -453,8 +459,7 @@ def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track_l
         if not all(np.isfinite(p).all() for p in new):
             raise stop(k + 1, "diverged", "the parameters became non-finite")
         if grads.A is not None:  # ||A_(k+1)||_2 <= ||A_ref||_2 + ||A_(k+1) - A_ref||_F
-            with np.errstate(over="ignore"):
-                rho = (rho_ref + gamma * np.linalg.norm(new.A - A_ref)) * (1 + 2 * m * m * EPS)
+            rho = (rho_ref + gamma * _norm(new.A - A_ref)) * (1 + 2 * m * m * EPS)  # inf: refresh
             if 1 - rho < (1 - rho_ref) / 2:  # the margin has halved: recompute it exactly
                 rho = rho_ref = _rho(new.A, gamma, allow_ill_posed=True)
                 A_ref, history["norm_refreshes"] = new.A, history["norm_refreshes"] + 1
@@ -479,8 +484,7 @@ def pl_ratios(history):
     """||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k), >= 1 where the PL inequality holds:
     ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r >= 2 lambda_min(Z Z^T) Phi when v is
     trained. The ratio is inf where lambda_min Phi = 0 (nothing to check)."""
-    if not isinstance(history, dict) or not {"lambda_min", "grad_norm", "loss"} <= history.keys() \
-            or "v" not in history.get("train", ()):
+    if "v" not in dict(history).get("train", ()) or "lambda_min" not in history:
         raise ValueError("history must come from training with v trained and lambda_min=True")
     lower = 2.0 * history["lambda_min"] * history["loss"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -511,28 +515,32 @@ def _adjoint_direct(A, v, mask, r, gamma):
 def _adjoint_args(params, Z, r, gamma):
     A, _, v = _check_params(params)
     Z = _array("Z", Z, (None, len(A)))
-    r = _array("r", r, (len(Z),))
-    ev, er = _exponent(v), _exponent(r)
-    return A, np.ldexp(v, -ev), Z > 0, np.ldexp(r, -er), _number("gamma", gamma), er + ev
+    return A, _scaled(v), Z > 0, _scaled(_array("r", r, (len(Z),))), _number("gamma", gamma)
 
 def adjoint(params, Z, r, gamma, *, tol=1e-12, max_iter=10_000, U0=None):
     """G = 1[Z > 0] * (r v^T + gamma G A) for a given Z and r, by the core's certified Picard
     iteration, from G_0 = diag(r) U0: (G, info). Z's own error is not in this bound."""
-    A, vs, mask, rs, gamma, eG = _adjoint_args(params, Z, r, gamma)
-    ev = _exponent(params[2])
-    U0 = None if U0 is None else (_array("U0", U0, mask.shape), -ev)
-    G, info = _adjoint(A, vs, mask, rs, gamma, _rho(A, gamma), _number("tol", tol),
-                       _number("max_iter", max_iter, integer=True), eG, U0)
-    return _unscale("G", G, eG), _public(info, eG)
+    A, v, mask, r, gamma = _adjoint_args(params, Z, r, gamma)
+    U0 = None if U0 is None else (_array("U0", U0, mask.shape), 0)
+    G, e, info = _adjoint(A, v, mask, r, gamma, _rho(A, gamma), _number("tol", tol),
+                          _number("max_iter", max_iter, integer=True), U0)
+    return _unscale("G", G, e), _public(info, e)
 
 def adjoint_direct(params, Z, r, gamma):
     """The same G by per-sample linear solves, O(N m^3): the independent cross-check."""
-    A, vs, mask, rs, gamma, eG = _adjoint_args(params, Z, r, gamma)
+    A, (vs, ev), mask, (rs, er), gamma = _adjoint_args(params, Z, r, gamma)
     _rho(A, gamma)  # rho >= 1: I - gamma D_i A may be singular
-    return _unscale("G", _adjoint_direct(A, vs, mask, rs, gamma), eG)
+    return _unscale("G", _adjoint_direct(A, vs, mask, rs, gamma), er + ev)
+
+def predict(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None):
+    """yhat = Z v, Z the certified equilibrium (the core's, scaled: no under- or overflow)."""
+    (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
+    Z, e, _ = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
+    vs, ev = _scaled(v)
+    return _unscale("yhat", Z @ vs, e + ev)  # (N,)
 
 def _tightest(solve, tol):
-    """(solve(t), t): t = tol, or the tightest tol float64 certifies here if looser (<= 1e-6)."""
+    """(solve(t), t): t = tol, or the tightest tol float64 certifies here if looser (to 1e-6)."""
     while True:
         try:
             return solve(tol), tol
@@ -736,12 +744,14 @@ def _plot(path, title, hist, gf, bound, lr, rate):
     ax[1, 0].plot(k, hist["rho"], label="certified gamma ||A_k||_2")
     ax[1, 0].axhline(1.0, color="k", lw=0.8, ls=":", label="1: the edge of well-posedness")
     ax[1, 1].plot(k, hist["lambda_min"], label="lambda_min(Z_k Z_k^T)")
-    for a, title, x, y in zip(ax.flat, ("gradient descent", "gradient flow", "well-posedness",
-                                        "PL constant"), ("GD step k", "time t", "GD step k",
-                                                         "GD step k"),
-                              ("loss Phi(theta_k)", "loss Phi(theta(t))", "gamma ||A_k||_2",
-                               "lambda_min(Z_k Z_k^T)")):
-        a.set(title=title, xlabel=x, ylabel=y)
+    ax[1, 0].set_ylim(0, max(1.05, 1.05 * hist["rho"].max()))
+    ax[1, 1].set_ylim(0, 1.1 * max(hist["lambda_min"].max(), 1e-300))
+    for a, name, xlabel, ylabel in zip(ax.flat, ("gradient descent", "gradient flow",
+                                                 "well-posedness", "PL constant"),
+                                       ("GD step k", "time t", "GD step k", "GD step k"),
+                                       ("loss Phi(theta_k)", "loss Phi(theta(t))",
+                                        "gamma ||A_k||_2", "lambda_min(Z_k Z_k^T)")):
+        a.set(title=name, xlabel=xlabel, ylabel=ylabel)
         a.legend(fontsize=8)
     fig.suptitle(f"Implicit ReLU network, GD and gradient flow ({title}; lr = {lr:.3g})")
     fig.tight_layout()
@@ -896,13 +906,12 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
         f"\n  loss_and_grad: {t * 1e3:.1f} ms, K_f = {k_f}, K_b = {k_b} sweeps; time / ((K_f + "
         f"K_b + 3) t_gemm) = {ratio:.3f}, of which norm_bound(A) {norm_share:.3f}")
 
-    words = N * m + m * m
-    memory = {}
+    memory = {}  # in (N m + m^2) float64 words, and the sweeps
     for tol in (1e-4, 1e-12):
         solves = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)[2]
-        sweeps = solves["forward"]["iterations"] + solves["adjoint"]["iterations"]
-        memory[tol] = (_peak_words(lambda: loss_and_grad(params, X, y, gamma, tol=tol), words),
-                       sweeps)
+        memory[tol] = (_peak_words(lambda: loss_and_grad(params, X, y, gamma, tol=tol),
+                                   N * m + m * m),
+                       solves["forward"]["iterations"] + solves["adjoint"]["iterations"])
     say("  peak extra memory of one loss_and_grad: " + ", ".join(
         f"{w:.2f} (N m + m^2) words at tol {tol:g} ({s} sweeps)" for tol, (w, s) in memory.items()))
 
@@ -955,9 +964,8 @@ REFERENCE_TOL = 1e-13  # the tolerance export solves at, and verify first tries
 KINK_NOTE = "at a ReLU kink: compared under ReLU'(0) = 0"
 
 def _canonical_cases(seed=0):
-    """The canonical cases, [(name, inputs)]: an exact kink (a dead unit), frozen parameters,
-    m = N and m < N, a tiny gamma, the edge of well-posedness with an oscillating spectrum.
-    Those with steps > 0 have a GD trajectory."""
+    """The canonical cases, [(name, inputs)]: a kink (a dead unit), frozen parameters, m = N and
+    m < N, a tiny gamma, the edge of well-posedness with an oscillating spectrum."""
     specs = [  # name, N, d, m, gamma, the parameters GD trains, lr, steps (0: no trajectory)
         ("tiny", 3, 2, 4, 0.25, PARAM_NAMES, 0.05, 3), ("tiny gamma", 8, 3, 16, 0.01, (), 0, 0),
         ("near the edge, oscillating", 16, 4, 8, 0.25, (), 0, 0),
@@ -999,13 +1007,13 @@ def _golden_outputs(case, tol):
     return out, info["mask_certified"]
 
 def export_golden(path, seed=0, inputs_only=False):
-    """Write the canonical cases (key scheme above) to path, solved at tol 1e-13, and return
-    their number; with inputs_only, the inputs alone, for another implementation to fill in."""
+    """Write the canonical cases to path; inputs_only: the inputs alone. Returns their number."""
     arrays = {"meta/version": np.int64(GOLDEN_VERSION)}
     cases = _canonical_cases(_number("seed", seed, integer=True, zero=True))
     for c, (_, case) in enumerate(cases):
-        if not inputs_only:
-            case = {**case, **_golden_outputs(case, REFERENCE_TOL)[0], "tol": REFERENCE_TOL}
+        if not inputs_only:  # at 1e-13, or the tightest tol float64 certifies (near the edge)
+            (outputs, _), tol = _tightest(lambda t: _golden_outputs(case, t), REFERENCE_TOL)
+            case = {**case, **outputs, "tol": tol}
         arrays.update({f"case{c}/{key}": np.asarray(value) for key, value in case.items()})
     arrays["meta/cases"] = np.int64(len(cases))
     with open(path, "wb") as f:
@@ -1042,12 +1050,6 @@ def _members(zf, max_bytes, problems):
                         f"max_mb = {max_bytes / 2**20:g}")
         return {}
     return members
-
-def _relative_error(ours, theirs):
-    """max |ours - theirs| / max |ours| (absolute where ours is all 0); nan or inf: inf."""
-    scale, err = float(np.abs(ours).max()), float(np.abs(ours - theirs).max())
-    err = err / scale if scale > 0 else err
-    return err if math.isfinite(err) else math.inf
 
 def _fingerprint(case, keys):
     """The bytes of a case's inputs as float64: equal exactly when the inputs are identical."""
@@ -1123,7 +1125,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
                     problems.append(f"{name}/{key}: shape {theirs.shape}, expected "
                                     f"{np.shape(value)}")
                 elif theirs is not None:
-                    err = _relative_error(np.asarray(value), theirs.astype(np.float64))
+                    err = float(np.abs(value - theirs).max()) / (float(np.abs(value).max()) or 1)
+                    err = err if math.isfinite(err) else math.inf  # nan or inf in theirs
                     note = [] if certified or key in ("Z", "yhat", "loss") else [
                         KINK_NOTE if err <= limit else "differs at a ReLU kink"]
                     note += [] if tol == REFERENCE_TOL else [f"solved to {tol:g}: limit {limit:g}"]
@@ -1142,8 +1145,7 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
             "canonical": {"reproduced": reproduced, "missing": missing}}
 
 def _case_names(members, get, problems, max_work):
-    """The case prefixes, once meta/version and meta/cases agree with the file and the work
-    limit (from the headers and step counts) holds; else [] and a problem."""
+    """The case prefixes, if meta/ agrees with the file and the work limit holds (else [])."""
     version, count = get("meta/version", ()), get("meta/cases", ())
     present = {key.split("/")[0] for key in members if key.startswith("case")}
     if version is None or count is None:
@@ -1250,8 +1252,7 @@ def _verify_cli(args):
     return int(not report["passed"]), {
         "path": args.path, "rtol": args.rtol, "passed": report["passed"], "failed": failed,
         "problems": report["problems"], "checked": len(report["rows"]), "cases": report["cases"],
-        "max_error": max((r[2] for r in report["rows"]), default=None),
-        "canonical": canon}
+        "max_error": max((r[2] for r in report["rows"]), default=None), "canonical": canon}
 
 def main(argv=None):
     """The command line, `python implicit_gd.py {demo,sweep,bench,export,verify} ...`. Returns
@@ -1267,23 +1268,22 @@ def main(argv=None):
         raise
     start, status = time.perf_counter(), 0
     try:
-        with np.errstate(all="ignore"):  # no RuntimeWarning reaches the user: verdicts say it
-            if args.command == "demo":
-                out = demo(N=args.n, d=args.d, m=args.m, gamma=args.gamma, lr=args.lr,
-                           steps=args.steps, dt=args.dt, seed=args.seed, plot=args.plot)
-                status = 0 if out["passed"] and out["plot_error"] is None else 1
-            elif args.command == "sweep":
-                out = sweep(N=args.n, d=args.d, seeds=range(args.seed, args.seed + args.seeds),
-                            steps=args.steps)
-                print(format_sweep(out))
-            elif args.command == "bench":
-                out = bench(N=args.n, m=args.m, d=args.d, repeats=args.repeats, seed=args.seed)
-            elif args.command == "export":
-                out = {"path": args.path, "cases": export_golden(args.path, seed=args.seed,
-                                                                 inputs_only=args.inputs_only)}
-                print(f"wrote {out['cases']} cases to {args.path}")
-            else:
-                status, out = _verify_cli(args)
+        if args.command == "demo":
+            out = demo(N=args.n, d=args.d, m=args.m, gamma=args.gamma, lr=args.lr,
+                       steps=args.steps, dt=args.dt, seed=args.seed, plot=args.plot)
+            status = 0 if out["passed"] and out["plot_error"] is None else 1
+        elif args.command == "sweep":
+            out = sweep(N=args.n, d=args.d, seeds=range(args.seed, args.seed + args.seeds),
+                        steps=args.steps)
+            print(format_sweep(out))
+        elif args.command == "bench":
+            out = bench(N=args.n, m=args.m, d=args.d, repeats=args.repeats, seed=args.seed)
+        elif args.command == "export":
+            out = {"path": args.path, "cases": export_golden(args.path, seed=args.seed,
+                                                             inputs_only=args.inputs_only)}
+            print(f"wrote {out['cases']} cases to {args.path}")
+        else:
+            status, out = _verify_cli(args)
     except (TypeError, ValueError, ArithmeticError, RuntimeError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         if args.json:
