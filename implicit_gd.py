@@ -208,18 +208,18 @@ def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0=None):
     eb = int(np.frexp(max(B.max(), 0.0))[1])  # the largest entry of relu(X W^T): Z's scale
     e = ex + ew + eb
     np.ldexp(B, -eb, out=B)  # Z is homogeneous in X W^T: solve for Z / 2^e
-    # B's rounding, made once, modelled as a sweep's: sqrt(d) eps |X||W|^T (worst case for d <= 4;
-    # || ||_F^2 = sum((|X|^T |X|) * (|W|^T |W|))), and 2^-1074 an entry where a factor or product
-    # (of factors below 2^-511) underflows
-    aX, aW, d, under = np.abs(Xs), np.abs(Ws), X.shape[1], math.sqrt(B.size) * 2.0**-1074
+    # B's rounding, made once, modelled as a sweep's: sqrt(d) eps |X| |W|^T (the worst case for
+    # d <= 4), and 2^-1074 an entry where a factor or product (of factors below 2^-511) underflows
+    d, under = X.shape[1], math.sqrt(B.size) * 2.0**-1074
     tiny = np.prod([np.ldexp(np.abs(a).min(initial=np.inf, where=a != 0), -s)
                     for a, s in ((X, ex), (W, ew))]) < 2.0**-1021  # the smallest nonzero factors
-    k = math.sqrt(d) * EPS  # the relative rounding of one entry of X W^T
+    P = np.abs(Xs) @ np.abs(Ws).T  # (N, m) |X| |W|^T / 2^(ex + ew)
     with np.errstate(over="ignore"):
-        beta = float(np.ldexp(k * math.sqrt(np.sum((aX.T @ aX) * (aW.T @ aW))) + tiny * (d + 1)
-                              * under, -eb)) + (eb > 0) * under
-    if B.max() <= 0 and (B + d * EPS * (aX @ aW.T) + tiny * (d + 1) * 2.0**-1074).max() <= 0:
-        beta = 0.0  # the exact X W^T <= 0 too (worst-case rounding): Z* = 0, exactly
+        beta = float(np.ldexp(math.sqrt(d) * EPS * np.linalg.norm(P) + tiny * (d + 1) * under,
+                              -eb)) + (eb > 0) * under
+    if B.max() <= 0:  # is the exact X W^T <= 0 too (worst-case rounding)? Then Z* = 0, exactly
+        beta = 0.0 if (d * EPS * P + B).max() + tiny * (d + 1) * 2.0**-1074 <= 0 else beta
+    del P
     gAT = gamma * A.T  # (m, m)
     H = np.empty_like(B)  # (N, m) the pre-activation of the last sweep
     def picard(Z, out):
@@ -501,7 +501,7 @@ def gronwall_bound(loss0, lambda_mins, h):
 # ---- end of the copyable core ----
 
 # Below the core: the tools around it, with the standard library's help.
-import argparse, json, os, sys, time, timeit, zipfile, zlib  # noqa: E401, E402
+import argparse, hashlib, json, os, sys, time, timeit, zipfile, zlib  # noqa: E401, E402
 
 # ---- cross-checks and data ----
 
@@ -898,7 +898,6 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
     say(f"  one (N x m)(m x m) product: {t_gemm * 1e3:.2f} ms; norm_bound(A): {t_norm * 1e3:.1f} ms"
         f"\n  loss_and_grad: {t * 1e3:.1f} ms, K_f = {k_f}, K_b = {k_b} sweeps; time / ((K_f + "
         f"K_b + 3) t_gemm) = {ratio:.3f}, of which norm_bound(A) {norm_share:.3f}")
-
     memory = {}  # in (N m + m^2) float64 words, and the sweeps
     for tol in (1e-4, 1e-12):
         solves = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)[2]
@@ -954,7 +953,8 @@ INPUTS, OUTPUTS = ("A", "W", "v", "X", "y", "gamma"), ("Z", "yhat", "loss", "dA"
 GD_INPUTS, GD_OUTPUTS = ("train", "lr", "steps"), ("gd_A", "gd_W", "gd_v", "gd_loss")
 REFERENCE_TOL = 1e-13  # the tolerance export solves at, and verify first tries
 KINK_NOTE = "at a ReLU kink: compared under ReLU'(0) = 0"
-STEP_OVERHEAD = 2**18  # a solve's fixed cost, ~0.25 ms here, in the units of N m^2 (~1 ns)
+STEP_WORK = "N (m + d) (m + 10) + 2^18"  # a GD step's cost, ~1 ns a unit here: its products,
+# N m (m + d), about 10 passes over X and Z, and a fixed 2^18 (~0.25 ms)
 
 def _canonical_cases(seed=0):
     """The canonical cases, [(name, inputs)]: a kink (a dead unit), frozen parameters, m = N and
@@ -1047,9 +1047,9 @@ def _members(zf, max_bytes, problems):
     return members
 
 def _fingerprint(case, keys):
-    """The bytes of a case's inputs as float64: equal exactly when the inputs are identical."""
-    return b"".join(str(np.shape(case[k])).encode() + np.asarray(case[k], np.float64).tobytes()
-                    for k in keys)
+    """SHA-256 of a case's inputs as float64: equal exactly when the inputs are identical."""
+    return hashlib.sha256(b"".join(str(np.shape(case[k])).encode() + np.asarray(
+        case[k], np.float64).tobytes() for k in keys)).digest()
 
 def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10):
     """Recompute every output of a golden file from its inputs and compare:
@@ -1057,8 +1057,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
     Each case is solved to the tightest tolerance certified: 1e-13 where float64 allows, and
     there the limit is rtol, else max(rtol, 10 solve_tol). Cases at a ReLU kink are compared
     under ReLU'(0) = 0. Every member's header is checked before any data is read; a file over
-    max_mb (uncompressed) or max_work (the sum of (N m^2 + 2^18) (steps + 1); 2^18 counts a
-    solve's fixed cost) is refused before any solve, and a case without all its outputs, or
+    max_mb (uncompressed, and a case's solve: four (N, m) float64 arrays) or max_work (the sum
+    of STEP_WORK (steps + 1)) is refused before any solve; a case without all its outputs, or
     with Z not (N, m), is not solved. Returns a dict: passed; rows, (case, quantity, error,
     limit, passed, note); problems, each a named line; cases, per case solve_tol, kink,
     canonical (its name); canonical, the canonical cases reproduced and those missing (a
@@ -1068,9 +1068,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
         raise OSError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
-            single = f.read(6) == b"\x93NUMPY"
-        raise ValueError(f"{path}: " + ("a single .npy array, not an .npz archive" if single
-                                        else "not an .npz (zip) archive"))
+            kind = "a single .npy array, not" if f.read(6) == b"\x93NUMPY" else "not"
+        raise ValueError(f"{path}: {kind} an .npz (zip) archive")
     rows, problems, cases, prints = [], [], {}, {}
     with zipfile.ZipFile(path) as zf:
         members = _members(zf, max_mb * 2**20, problems)
@@ -1089,8 +1088,7 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
                 problems.append(f"{key}: shape {a.shape}, expected {shape}")
                 return None
             return a
-
-        names = _case_names(members, get, problems, max_work) if members else []
+        names = _case_names(members, get, problems, max_work, max_mb * 2**20) if members else []
         for name in names:
             gd = [f"{name}/{k}" in members for k in GD_INPUTS + GD_OUTPUTS]
             if any(gd) and not all(gd[:3]):
@@ -1146,8 +1144,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
             "problems": problems, "cases": cases,
             "canonical": {"reproduced": reproduced, "missing": missing}}
 
-def _case_names(members, get, problems, max_work):
-    """The case prefixes, if meta/ agrees with the file and the work limit holds (else [])."""
+def _case_names(members, get, problems, max_work, max_bytes):
+    """The case prefixes, if meta/ agrees with the file and the limits hold (else [])."""
     version, count = get("meta/version", ()), get("meta/cases", ())
     present = {key.split("/")[0] for key in members if key.startswith("case")}
     if version is None or count is None:
@@ -1165,10 +1163,14 @@ def _case_names(members, get, problems, max_work):
     for name in names:
         steps = get(f"{name}/steps", ()) if f"{name}/steps" in members else 0
         steps = float(steps) if steps is not None and np.isfinite(steps) else 0.0
-        m, N = ((members.get(f"{name}/{k}", (None, ()))[1] or (0,))[0] for k in "AX")
-        work += (N * m * m + STEP_OVERHEAD) * (max(steps, 0.0) + 1)
+        (m, _), (N, d) = ((members.get(f"{name}/{k}", (None, ()))[1] + (0, 0))[:2] for k in "AX")
+        work += (N * (m + d) * (m + 10) + 2**18) * (max(steps, 0.0) + 1)
+        if 32 * N * m > max_bytes:  # a solve holds about four (N, m) float64 arrays at once
+            problems.append(f"refused: {name} needs four ({N}, {m}) float64 arrays to solve, "
+                            f"{32 * N * m / 2**20:.4g} MB, over max_mb = {max_bytes / 2**20:g}")
+            return []
     if work > max_work:
-        problems.append(f"refused: the cases need (N m^2 + 2^18) (steps + 1) = {work:.3g}, over "
+        problems.append(f"refused: the cases need ({STEP_WORK}) (steps + 1) = {work:.3g}, over "
                         f"max_work = {max_work:g}")
         return []
     return names
@@ -1213,20 +1215,18 @@ def _parser():
     s.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
     s = add("export", "write the canonical golden test vectors (.npz)")
     s.add_argument("path", help="output .npz file")
-    s.add_argument("--inputs-only", action="store_true",
-                   help="the inputs alone, for another implementation to fill in")
-    s = add("verify", "recompute a golden .npz file's outputs from its inputs and compare "
-            "(exit 0 pass, 1 problems or mismatches, 2 unreadable file or bad arguments)",
-            seed=False)
+    s.add_argument("--inputs-only", action="store_true", help="the inputs alone, to fill in")
+    s = add("verify", "recompute a golden .npz file's outputs from its inputs and compare (exit "
+            "0 pass, 1 problems or mismatches, 2 unreadable file or bad arguments)", seed=False)
     s.add_argument("path", help="an .npz file in the export key scheme")
     s.add_argument("--rtol", type=float, default=1e-8, help="pass when max|ours - theirs| / "
                    "max|ours| <= rtol (default 1e-8, for float64; 1e-5 for float32)")
     s.add_argument("--canonical", action="store_true", help="fail unless the file holds every "
                    "canonical case (export's), with bit-identical inputs")
-    s.add_argument("--max-mb", type=float, default=64,
-                   help="refuse files holding more than this, uncompressed (default 64)")
-    s.add_argument("--max-work", type=float, default=5e10, help="refuse files whose cases need"
-                   " more than this (N m^2 + 2^18) (steps + 1) in all (default 5e10, ~a minute)")
+    s.add_argument("--max-mb", type=float, default=64, help="refuse files holding more than "
+                   "this, uncompressed, or a case needing more in 4 (N, m) arrays (default 64)")
+    s.add_argument("--max-work", type=float, default=5e10, help="refuse files needing more than "
+                   "this, the sum of (N (m + d) (m + 10) + 2^18) (steps + 1) (default 5e10, 1 min)")
     return p
 
 def _finite(x):

@@ -1284,7 +1284,7 @@ def test_verify_exit_2_for_files_that_are_not_golden_files(golden, tmp_path, cap
             warnings.simplefilter("error")  # e.g. a ResourceWarning from a file left open
             status, s, out, err = run_cli(capsys, "verify", str(path))
         assert status == 2 and str(path) in err and "error" in s, path
-    assert "single .npy" in ig.main.__doc__ or True
+        assert ("a single .npy array, not an .npz" in err) == (path == single)
 
 
 def test_verify_is_linear_in_the_number_of_cases(tmp_path):
@@ -1436,10 +1436,12 @@ def test_parameters_that_overflow_stop_training_at_the_next_step():
         np.testing.assert_array_equal(p, q)
 
 
-def test_the_work_limit_is_the_sum_of_n_m2_plus_overhead_times_steps_plus_one(golden, tmp_path):
+def test_the_work_limit_is_the_step_cost_times_steps_plus_one(golden, tmp_path):
+    def step(c):  # a GD step's cost model: N m (m + d) products, ~10 passes, a fixed 2^18
+        (N, d), m = c["X"].shape, len(c["v"])
+        return N * (m + d) * (m + 10) + 2**18
     cases = cases_of(read_npz(golden))
-    work = sum((len(c["X"]) * len(c["v"]) ** 2 + 2**18) * (int(c.get("steps", 0)) + 1)
-               for c in cases.values())
+    work = sum(step(c) * (int(c.get("steps", 0)) + 1) for c in cases.values())
     assert ig.verify_golden(golden, max_work=work)["passed"]
     report = ig.verify_golden(golden, max_work=work - 1)
     assert not report["rows"] and "max_work" in report["problems"][0]
@@ -1447,6 +1449,34 @@ def test_the_work_limit_is_the_sum_of_n_m2_plus_overhead_times_steps_plus_one(go
     arrays["case0/steps"] = np.int64(10**6)  # for minutes; its fixed cost per step refuses it
     report = ig.verify_golden(write_npz(tmp_path / "long.npz", arrays))
     assert not report["rows"] and "refused" in report["problems"][0]
+
+
+def zero_outputs_file(path, N, m, d):
+    """A one-case file of real inputs and zero outputs (every output then fails)."""
+    X, y = ig.make_data(N, d, seed=0)
+    A, W, v = ig.init_params(d, m, seed=0)
+    case = {"A": A, "W": W, "v": v, "X": X, "y": y, "gamma": np.float64(0.25),
+            "Z": np.zeros((N, m)), "yhat": np.zeros(N), "loss": np.float64(0),
+            "dA": np.zeros((m, m)), "dW": np.zeros((m, d)), "dv": np.zeros(m)}
+    arrays = {"meta/version": np.int64(1), "meta/cases": np.int64(1),
+              **{f"case0/{k}": v for k, v in case.items()}}
+    return write_npz(path, arrays)
+
+
+def test_max_mb_also_bounds_the_solve_four_n_by_m_arrays(tmp_path):
+    path = zero_outputs_file(tmp_path / "wide.npz", 1000, 100, 1)  # members ~1 MB, 32 N m = 3.05 MB
+    report = ig.verify_golden(path, max_mb=2)
+    assert not report["rows"] and report["problems"] == [
+        "refused: case0 needs four (1000, 100) float64 arrays to solve, 3.052 MB, over max_mb = 2"]
+    report = ig.verify_golden(path, max_mb=3.1)
+    assert report["rows"] and not report["problems"] and not report["passed"]
+
+
+def test_a_wide_input_costs_its_n_m_d_products(tmp_path):
+    path = zero_outputs_file(tmp_path / "d.npz", 200, 4, 2000)  # N m^2 = 3200; with d: 1.1e7
+    assert ig.verify_golden(path, max_work=2**18 + 3200 + 10**6)["problems"][0].startswith(
+        "refused: the cases need")
+    assert ig.verify_golden(path, max_work=200 * 2004 * 14 + 2**18)["rows"]
 
 
 # ---- exact rational references at float64's edges ----
