@@ -166,7 +166,7 @@ def _fixed_point(f, S, rho, tol, max_iter, what, e, beta=0.0):
     bounds the error (||S_k - S*|| <= rho ||S_(k-1) - S*|| + nu ||S_k|| + beta, and ||S_(k-1) -
     S*|| <= delta_k + ||S_k - S*||); stop at the first e_k <= tol ||S_k||. beta bounds the
     rounding of the map's data, made once; nu ||S_k|| models a sweep's, nu = eps (1 + sqrt(m)
-    rho): 5 to 50 times what we measure. Norms are Frobenius. In exact arithmetic delta shrinks
+    rho): a model, not a worst case (README). Norms are Frobenius. In exact arithmetic delta shrinks
     by rho or more a sweep; after 10 + 2 / (1 - rho) sweeps without a new low, rounding has
     taken over (the floor): stop, naming the smallest tol certified on the way. f(S, out)
     writes f(S) into out; S is overwritten; 2^e is the caller's unit. rho >= 1: uncertified."""
