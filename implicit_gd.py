@@ -1202,13 +1202,13 @@ def _parser():
     s.add_argument("--dt", type=float, default=None, help="Euler step (default lr / 2)")
     s.add_argument("--plot", metavar="PATH", help="write the figure of the run: PNG, or PDF/SVG "
                    "by the extension (needs matplotlib; exit 1 if it cannot be written)")
-    s = add("sweep", "width and gamma sweeps: the paper's two claims as tables (about 30 s; the "
+    s = add("sweep", "width and gamma sweeps: the paper's two claims as tables (about 11 s; the "
             "cost grows like seeds steps N^3)")
     s.add_argument("--n", type=int, default=16, help="samples N (default 16)")
     s.add_argument("--d", type=int, default=8, help="input dimension d (default 8)")
     s.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     s.add_argument("--steps", type=int, default=1500, help="GD steps per run (default 1500)")
-    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about a minute)")
+    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 25 s)")
     s.add_argument("--n", type=int, default=1024, help="samples N (default 1024)")
     s.add_argument("--m", type=int, default=1024, help="width m (default 1024)")
     s.add_argument("--d", type=int, default=64, help="input dimension d (default 64)")
