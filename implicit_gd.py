@@ -293,14 +293,13 @@ def _adjoint(A, v, mask, r, gamma, rho, tol, max_iter, U0=None):
     gA, e, under = gamma * A, er + ev + ec, math.sqrt(C.size) * 2.0**-1074  # (m, m)
     def picard(G, out):
         np.multiply(np.add(np.matmul(G, gA, out=out), C, out=out), mask, out=out)  # D (C + gGA)
-    if U0 is None:
-        G = C.copy()  # (N, m)
-    else:  # each row of U* has norm <= ||v|| / (1 - rho): projecting cannot hurt
-        cap = float(np.ldexp(np.linalg.norm(vs) / (1 - rho), -ec))
-        with np.errstate(over="ignore"):
-            G = mask * rs[:, None] * np.clip(np.ldexp(U0[0], U0[1] - ev - ec), -cap, cap)
     with np.errstate(over="ignore"):  # C's rounding, made once: eps |C|, and underflow
         beta = EPS * np.linalg.norm(C) + mask.any() * float(np.ldexp(under, -ec) + under)
+        if U0 is None:
+            G = C.copy()  # (N, m)
+        else:  # each row of U* has norm <= ||v|| / (1 - rho): projecting cannot hurt
+            cap = float(np.ldexp(np.linalg.norm(vs) / (1 - rho), -ec))
+            G = mask * rs[:, None] * np.clip(np.ldexp(U0[0], U0[1] - ev - ec), -cap, cap)
     G, info = _fixed_point(picard, G, rho, tol, max_iter, "adjoint", e, beta)
     return G, e, info
 
@@ -362,8 +361,9 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
     (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
     y, wrt = _array("y", y, (len(X),)), _check_train(wrt, "wrt")
     U0 = None if U0 is None else (_array("U0", U0, (len(X), len(A))), 0)
-    if method not in ("fixed_point", "direct"):
-        raise ValueError(f"method must be 'fixed_point' or 'direct', got {method!r}")
+    if method != "fixed_point" and (method != "direct" or "_adjoint_direct" not in globals()):
+        raise ValueError(f"method must be 'fixed_point', or 'direct' with the whole file (the "
+                         f"cross-check is below the copyable core), got {method!r}")
     loss, grads, s = _loss_and_grad(Params(A, W, v), X, y, gamma, rho, wrt, tol, max_iter, Z0,
                                     U0, method)
     if not return_info:
@@ -638,7 +638,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     title = f"N = {N}, d = {d}, m = {m}, gamma = {gamma:g}, seed = {seed}"
     say(f"implicit_gd demo: {title} (m / N = {m / N:g})\ndata: x_i uniform on the unit "
         "sphere, y_i = sin(3 <u, x_i>) for a random unit u\ninit: A ~ N(0, 1/m), W ~ N(0, 2/d), "
-        f"v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {_rho(params.A, gamma):.4f}")
+        f"v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {_rho(params.A, gamma):.4f}"
+        + (f"\nplot: {plot_error} (the run goes on without it)" if plot_error else ""))
     tick = time.perf_counter()
     Z0, _ = equilibrium(params, X, gamma)
     if not Z0.any():
@@ -1052,20 +1053,19 @@ def _fingerprint(case, keys):
         case[k], np.float64).tobytes() for k in keys)).digest()
 
 def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10):
-    """Recompute every output of a golden file from its inputs and compare:
-        error = max |ours - theirs| / max |ours|,  per case and quantity.
-    Each case is solved to the tightest tolerance certified: 1e-13 where float64 allows, and
-    there the limit is rtol, else max(rtol, 10 solve_tol). Cases at a ReLU kink are compared
-    under ReLU'(0) = 0. Every member's header is checked before any data is read; a file over
-    max_mb (uncompressed, and a case's solve: four (N, m) float64 arrays) or max_work (the sum
-    of STEP_WORK (steps + 1)) is refused before any solve; a case without all its outputs, or
-    with Z not (N, m), is not solved. Returns a dict: passed; rows, (case, quantity, error,
-    limit, passed, note); problems, each a named line; cases, per case solve_tol, kink,
-    canonical (its name); canonical, the canonical cases reproduced and those missing (a
-    problem with canonical=True). Raises OSError or ValueError if path is not an .npz at all."""
+    """error = max |ours - theirs| / max |ours| per case and quantity, ours recomputed from the
+    file's inputs at the tightest tol certified: 1e-13 where float64 allows, and there the
+    limit is rtol, else max(rtol, 10 solve_tol). At a ReLU kink: compared under ReLU'(0) = 0.
+    Every member's header is checked before any data is read; a file over max_mb (uncompressed,
+    and a case's solve: four (N, m) float64 arrays) or max_work (the sum of STEP_WORK (steps +
+    1)) is refused before any solve; a case without all its outputs, or with Z not (N, m), is
+    not solved. Returns a dict: passed; rows, (case, quantity, error, limit, passed, note);
+    problems, each a named line; cases, per case solve_tol, kink, canonical (its name);
+    canonical, the canonical cases reproduced and those missing (a problem with
+    canonical=True). Raises OSError or ValueError if path is not an .npz at all."""
     rtol, max_mb, max_work = map(_number, ("rtol", "max_mb", "max_work"), (rtol, max_mb, max_work))
     if not os.path.isfile(path):
-        raise OSError(f"{path}: no such file")
+        raise OSError(f"{path}: " + ("a directory" if os.path.isdir(path) else "no such file"))
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             kind = "a single .npy array, not" if f.read(6) == b"\x93NUMPY" else "not"
@@ -1088,7 +1088,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
                 problems.append(f"{key}: shape {a.shape}, expected {shape}")
                 return None
             return a
-        names = _case_names(members, get, problems, max_work, max_mb * 2**20) if members else []
+        names = [] if problems and not members else _case_names(  # an empty zip: meta/ missing
+            members, get, problems, max_work, max_mb * 2**20)
         for name in names:
             gd = [f"{name}/{k}" in members for k in GD_INPUTS + GD_OUTPUTS]
             if any(gd) and not all(gd[:3]):
@@ -1139,7 +1140,7 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
         ok = name in cases and all(r[4] for r in rows if r[0] == name)
         (reproduced if ok else missing).append(canon)
     if canonical and missing:
-        problems.append(f"canonical cases missing or not reproduced: {', '.join(missing)}")
+        problems.append("canonical cases missing or failing: " + ", ".join(map(repr, missing)))
     return {"passed": bool(rows) and not problems and all(r[4] for r in rows), "rows": rows,
             "problems": problems, "cases": cases,
             "canonical": {"reproduced": reproduced, "missing": missing}}
@@ -1179,7 +1180,7 @@ def _case_names(members, get, problems, max_work, max_bytes):
 
 def _parser():
     p = argparse.ArgumentParser(
-        prog="implicit_gd", description="Gradient descent on an infinite-depth ReLU implicit "
+        description="Gradient descent on an infinite-depth ReLU implicit "
         "network (Gao & Gao, arXiv:2205.07463): reference implementation and correctness oracle.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -1242,12 +1243,11 @@ def _verify_cli(args):
     for case, key, err, limit, passed, note in report["rows"]:
         print(f"{case:<7} {key:<8} {err:>13.2e}  {'pass' if passed else 'FAIL'}"
               + (f"  ({note})" if note else ""))
-    for problem in report["problems"]:
-        print(f"problem: {problem}")
+    print("".join(f"problem: {problem}\n" for problem in report["problems"]), end="")
     canon = report["canonical"]
-    print(f"canonical cases reproduced: {len(canon['reproduced'])} of "
-          f"{len(canon['reproduced']) + len(canon['missing'])}" + (
-              f"; missing or failing: {', '.join(canon['missing'])}" if canon["missing"] else ""))
+    missing, done = ", ".join(map(repr, canon["missing"])), len(canon["reproduced"])
+    print(f"canonical cases reproduced: {done} of {done + len(canon['missing'])}"
+          + f"; missing or failing: {missing}" * bool(missing))
     failed = [f"{case}/{key}" for case, key, *_, passed, _ in report["rows"] if not passed]
     print("verify: " + ("passed" if report["passed"] else f"FAILED ({len(failed)} quantities "
                         f"failed, {len(report['problems'])} problems)"))

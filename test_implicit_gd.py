@@ -5,8 +5,13 @@ the order of convergence of Euler's method, and the inequalities the paper prove
     python -m pytest -q
 """
 
-import importlib.util
-import io
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy: small problems, and on a
+# loaded machine two threads a process only contend (one run took 220 s instead of 17)
+
+import importlib.util  # noqa: E402
+import io  # noqa: E402
 from fractions import Fraction
 import json
 import math
@@ -115,6 +120,10 @@ def test_copyable_core_runs_on_its_own(tmp_path):
     _, gd = core.gradient_descent(params, X, y, 0.25, lr=0.05, steps=5)
     _, gf = core.gradient_flow(params, X, y, 0.25, t_end=0.2, dt=0.05)
     assert gd["loss"][-1] < gd["loss"][0] and gf["loss"][-1] < gf["loss"][0]
+    with pytest.raises(ValueError, match="'direct' with the whole file"):  # its cross-check is
+        core.loss_and_grad(params, X, y, 0.25, method="direct")  # below the core: said, not a
+    assert ig.loss_and_grad(params, X, y, 0.25, method="direct")[0] == pytest.approx(  # NameError
+        ref_loss, rel=1e-12, abs=0)
 
 
 # ---- model and equilibrium ----
@@ -842,10 +851,11 @@ def test_a_long_demo_says_its_estimated_time_first():
 
 def test_demo_plot_without_matplotlib(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
-    status, s, _, _ = run_cli(capsys, "demo", "--n", "6", "--d", "3", "--plot",
-                              str(tmp_path / "run.png"))
+    status, s, out, _ = run_cli(capsys, "demo", "--n", "6", "--d", "3", "--plot",
+                                str(tmp_path / "run.png"))
     assert status == 1 and s["plot"] is None and "pip install matplotlib" in s["plot_error"]
     assert s["reached_target"] and not (tmp_path / "run.png").exists()
+    assert out.index("plot: matplotlib is not installed") < out.index("GD: lr")  # said first
 
 
 def test_demo_plot_is_written(tmp_path):
@@ -1004,6 +1014,15 @@ def test_exported_values_agree_with_an_independent_implementation(golden):
     assert any(N == m for N, m in shapes) and any(N > m for N, m in shapes)
     trains = {tuple(c["train"]) for c in cases_of(arrays).values() if "train" in c}
     assert {(0, 1, 1), (1, 0, 1), (1, 1, 0)} <= trains  # A, W and v each frozen once
+
+
+def test_an_empty_archive_and_a_directory_are_named(tmp_path, capsys):
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)  # a zip with no members at all
+    report = ig.verify_golden(empty)
+    assert not report["passed"] and report["problems"][0] == "missing key meta/version"
+    status, s, _, err = run_cli(capsys, "verify", str(tmp_path))
+    assert status == 2 and f"{tmp_path}: a directory" in err and "a directory" in s["error"]
 
 
 def test_an_unfilled_inputs_only_file_is_not_solved(inputs_only):
