@@ -1392,6 +1392,26 @@ def test_each_term_of_the_gradient_bound_is_needed(wrt, y_scale):
         assert np.linalg.norm(grads[i] - ref[i]) <= info["grad_error_bound"], (wrt, tol)
 
 
+def test_the_residual_term_uses_the_largest_active_v_not_the_smallest():
+    """A dead sample (every unit off, with margin) has D_i v = 0; the residual's error still
+    reaches dW through the live samples, so the bound needs max_i ||D_i v||, not the min."""
+    params, X, _ = problem(N=8, d=4, m=12, seed=5)
+    W = params.W.copy()
+    W[:, 0] = -np.abs(W[:, 0]) - 0.5  # x = e_0 turns every unit off: W x < -0.5
+    X = np.vstack([X, [1.0, 0.0, 0.0, 0.0]])
+    params = params._replace(W=W)
+    gamma = 0.9 / ig.norm_bound(params.A)
+    exact = direct_equilibrium(params, X, gamma, ig.equilibrium(params, X, gamma, tol=1e-13)[0])
+    assert not exact[-1].any() and exact[:-1].any(axis=1).all()
+    y = exact @ params.v + 1e-6  # r tiny: Z's error, through r, dominates dW's error
+    for tol in (1e-4, 1e-6):
+        _, grads, info = ig.loss_and_grad(params, X, y, gamma, wrt=("W",), tol=tol,
+                                          method="direct", return_info=True)
+        assert info["mask_certified"]
+        ref = reference_gradient(params, X, y, gamma, exact)
+        assert np.linalg.norm(grads.W - ref.W) <= info["grad_error_bound"], tol
+
+
 def test_results_in_float64s_subnormal_range_are_refused_and_above_it_exact():
     params, X, _ = problem()
     Z, _ = ig.equilibrium(params, X, 0.25)
