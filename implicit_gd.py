@@ -1227,7 +1227,7 @@ def _parser():
     s.add_argument("--max-mb", type=float, default=64, help="refuse files holding more than "
                    "this, uncompressed, or a case needing more in 4 (N, m) arrays (default 64)")
     s.add_argument("--max-work", type=float, default=5e10, help="refuse files needing more than "
-                   "this, the sum of (N (m + d) (m + 10) + 2^18) (steps + 1) (default 5e10, 1 min)")
+                   f"this, the sum of ({STEP_WORK}) (steps + 1) (default 5e10, 1 min)")
     return p
 
 def _finite(x):
