@@ -9,7 +9,8 @@ Legend: N samples, d inputs, m width.
     A (m, m) implicit weight                 W (m, d) input-injection weight
     v (m,)   output weight                   gamma > 0, a fixed scale (not trained)
     Z (N, m) equilibrium features            H (N, m) pre-activations
-    r (N,)   residual Z v - y                G (N, m) adjoint, G = diag(r) U
+    r (N,)   residual Z v - y                U (N, m) adjoint, row i = d yhat_i / d(W x_i)
+    G (N, m) G = diag(r) U, the loss's adjoint
 The model, theta = (A, W, v) (papers' (gamma / sqrt(m)) A' is gamma -> gamma / sqrt(m) here):
     H = gamma Z A^T + X W^T,   Z = relu(H),   yhat = Z v,   Phi = 0.5 ||yhat - y||^2
 Conventions, for the whole file:
@@ -20,9 +21,18 @@ Conventions, for the whole file:
 - Bad input raises TypeError or ValueError naming the argument, before any work. Also
   NotWellPosedError (a ValueError): gamma ||A||_2 >= 1; NotConvergedError (a RuntimeError):
   a solve cannot certify tol; TrainingError (a RuntimeError): training stopped early;
-  FloatingPointError: a result does not fit in float64.
-- Float64. Arrays that could under- or overflow inside are carried as a mantissa times a
-  power of two (exact). Inputs are never modified; randomness comes only from seeds.
+  FloatingPointError: a computed quantity leaves the range below.
+- Float64 at sane magnitudes: the largest |entry| of each input (X, y, A, W, v, Z0, U0; gamma,
+  lr, t_end, dt) is in [2^-200, 2^200], or the array is 0, else ValueError naming it; X W^T, Z,
+  r, U, G, dX and the gradients are checked once computed, else FloatingPointError. Why: sizes
+  are below 2^40 and 1 / (1 - rho) <= 2^53, so the sums of products of in-range factors, the
+  iterates (||z_i|| <= ||relu(b_i)|| / (1 - rho) < 2^273) and the squares in norms stay below
+  2^1024; and a largest entry >= 2^-200 keeps norms and products (>= 2^-600) normal: only entries
+  far below the largest underflow, each product by at most 2^-1074, which the certificates add.
+- Rounding: a solve's stop rule uses a model of a sweep's (_fixed_point; README). What decides,
+  mask_certified and the gradient's bound, rests on worst-case bounds only: |fl(a . b) - a . b|
+  <= g(n) |a| . |b| + n 2^-1074 for n terms, g(n) = n u / (1 - n u), u = eps / 2.
+- Inputs are never modified; randomness comes only from seeds.
 Map: model and equilibrium, implicit gradient, GD and flow, diagnostics, "end of the copyable
 core" (above it runs alone), cross-checks and data, demo and sweep, bench, golden, CLI."""
 
@@ -32,9 +42,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-__version__ = "0.2.0"
-EPS = np.finfo(np.float64).eps
+__version__ = "0.3.0"
+EPS = float(np.finfo(np.float64).eps)
+TINY = 2.0**-1074  # the smallest subnormal: what one product can lose to underflow
+LOW, HIGH = 2.0**-200, 2.0**200  # the range of the largest |entry| (module docstring)
 PARAM_NAMES = ("A", "W", "v")
+A_VARIANCE, W_VARIANCE, V_VARIANCE = 1.0, 2.0, 1.0  # A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v ~ 1/m
 
 class NotWellPosedError(ValueError):
     """gamma ||A||_2 >= 1: the equilibrium is not certified to exist or to be unique."""
@@ -60,10 +73,18 @@ class Params(NamedTuple):
     W: np.ndarray  # (m, d)
     v: np.ndarray  # (m,)
 
-# ---- input checks, each naming the argument; exact power-of-two scaling ----
+# ---- input checks, each naming the argument, and the range ----
 
-def _array(name, x, shape):
-    """x as a finite float64 array of that shape (None: any length on that axis)."""
+def _in_range(name, a, error=ValueError):
+    """a, if its largest |entry| is in [2^-200, 2^200] or a = 0; else `error`, naming it."""
+    top = float(np.max(np.abs(a)))
+    if top != 0.0 and not LOW <= top <= HIGH:
+        raise error(f"{name} is out of range: its largest |entry| is {top:.3g}, outside "
+                    f"[2^-200, 2^200] = [{LOW:.3g}, {HIGH:.3g}]; rescale it")
+    return a
+
+def _array(name, x, shape, ranged=True):
+    """x as a finite float64 array of that shape (None: any length on that axis), in range."""
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {a.dtype}")
@@ -74,9 +95,9 @@ def _array(name, x, shape):
     a = a.astype(np.float64, copy=False)  # never written to
     if not np.isfinite(a).all():
         raise ValueError(f"{name} has non-finite entries (nan or inf)")
-    return a
+    return _in_range(name, a) if ranged else a
 
-def _number(name, x, integer=False, zero=False):
+def _number(name, x, integer=False, zero=False, ranged=False):
     """x > 0 (>= 0 with zero) as a float or int: a Python or NumPy number, or a 0-d array."""
     v = np.asarray(x).item() if np.ndim(x) == 0 else None
     if isinstance(v, bool) or not isinstance(v, numbers.Integral if integer else numbers.Real):
@@ -85,6 +106,8 @@ def _number(name, x, integer=False, zero=False):
         raise ValueError(f"{name} is an integer of {len(str(abs(v)))} digits, beyond float64")
     if not (math.isfinite(v) and (v >= 0 if zero else v > 0)):
         raise ValueError(f"{name} must be {'>= 0' if zero else 'positive'} and finite, got {x!r}")
+    if ranged:
+        _in_range(name, float(v))
     return int(v) if integer else float(v)
 
 def _check_params(params):
@@ -101,56 +124,35 @@ def _check_train(train, name="train"):
         raise ValueError(f"{name} must be a non-empty subset of {PARAM_NAMES}, got {train!r}")
     return tuple(p for p in PARAM_NAMES if p in names)
 
-def _scaled(a):
-    """(a / 2^e, e), the largest |entry| of a / 2^e in [1/2, 1) (e = 0 for a = 0): exact, but
-    for entries 2^-1022 below the largest."""
-    e = int(np.frexp(max(a.max(), -a.min()))[1])
-    return np.ldexp(a, -e), e
+def _g(n):
+    """g(n) = n u / (1 - n u), u = eps / 2: the worst-case relative rounding of n terms."""
+    return n * EPS / 2 / (1 - n * EPS / 2)
 
-def _norm(a, e=0):
-    """||a||_F 2^e, with no square under- or overflowing (inf if the result overflows)."""
-    S, k = _scaled(np.asarray(a))
-    with np.errstate(over="ignore"):
-        return float(np.ldexp(np.linalg.norm(S), k + e))
-
-def _unscale(name, S, e):
-    """S 2^e in float64, or FloatingPointError if float64 cannot hold it: an entry overflows, or
-    the largest is below 2^-970, where subnormals lose the digits tol asks for (or all)."""
-    with np.errstate(over="ignore"):
-        out = np.ldexp(S, e)
-    top = e + int(np.frexp(max(S.max(), -S.min()))[1])  # max |out| < 2^top
-    if not np.isfinite(out).all() or (S.any() and top <= -970):
-        raise FloatingPointError(f"{name} {'overflows' if top > 0 else 'underflows'} float64 "
-                                 f"(largest entry about 2^{top})")
-    return out
-
-def _public(info, e):
-    """A solver's info in the caller's units: its norms times 2^e (they fit, as S does)."""
-    return {**info, "delta": _norm(info["delta"], e), "error_bound": _norm(info["error_bound"], e)}
+def _norm_up(a, rows=False):
+    """An upper bound of ||a||_F (rows: of max_i ||a_i||): a sum of n squares is off by g(n)
+    times itself and n 2^-1074 of underflow, and the root by an ulp."""
+    n, sq = (a.shape[1], np.einsum("ij,ij->i", a, a).max()) if rows else (a.size, np.vdot(a, a))
+    return math.sqrt(float(sq)) * (1 + _g(n + 2)) + math.sqrt(n * TINY)
 
 # ---- the model and its certified equilibrium ----
 
 def init_params(d, m, *, seed=0):
-    """A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v_i ~ N(0, 1/m): ||A||_2 ~ 2, so the default
-    gamma = 0.25 gives gamma ||A||_2 ~ 0.5."""
+    """A_ij ~ N(0, 1/m), W_ij ~ N(0, 2/d), v_i ~ N(0, 1/m) (the VARIANCE constants): ||A||_2 ~ 2,
+    so the default gamma = 0.25 gives gamma ||A||_2 ~ 0.5."""
     d, m = _number("d", d, integer=True), _number("m", m, integer=True)
     rng = np.random.default_rng(None if seed is None else _number("seed", seed, True, zero=True))
-    A = rng.normal(0.0, math.sqrt(1.0 / m), (m, m))  # (m, m)
-    W = rng.normal(0.0, math.sqrt(2.0 / d), (m, d))  # (m, d)
-    v = rng.normal(0.0, math.sqrt(1.0 / m), m)  # (m,)
+    A = rng.normal(0.0, math.sqrt(A_VARIANCE / m), (m, m))  # (m, m)
+    W = rng.normal(0.0, math.sqrt(W_VARIANCE / d), (m, d))  # (m, d)
+    v = rng.normal(0.0, math.sqrt(V_VARIANCE / m), m)  # (m,)
     return Params(A, W, v)
 
 def norm_bound(A):
     """A certified upper bound of ||A||_2: sqrt(lambda_max(A^T A)) (1 + 2 m^2 eps). The factor
     covers forming A^T A (at most m eps ||A||_F^2 <= m^2 eps ||A||_2^2) and the eigensolver's
-    backward error; squaring does not hurt the largest singular value."""
-    As, e = _scaled(_array("A", A, (None, None)))  # (m, m), below 1: no square under/overflows
-    lam = np.linalg.eigvalsh(As.T @ As)[-1]  # one buffer twice: matmul uses syrk, half the work
-    with np.errstate(over="ignore"):
-        bound = float(np.ldexp(math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * len(As) ** 2 * EPS), e))
-    if not math.isfinite(bound):
-        raise FloatingPointError(f"||A||_2 overflows float64 (about 2^{e})")
-    return bound
+    backward error; squaring does not hurt the largest singular value, nor, in range, overflow."""
+    A = _array("A", A, (None, None))  # (m, m)
+    lam = np.linalg.eigvalsh(A.T @ A)[-1]  # one buffer twice: matmul uses syrk, half the work
+    return math.sqrt(max(lam, 0.0)) * (1.0 + 2.0 * len(A) ** 2 * EPS)
 
 def _rho(A, gamma, allow_ill_posed=False):
     """The certified rho >= gamma ||A||_2; NotWellPosedError if it is not below 1."""
@@ -160,16 +162,16 @@ def _rho(A, gamma, allow_ill_posed=False):
                                 f"{gamma:.6g}); lower gamma")
     return rho
 
-def _fixed_point(f, S, rho, tol, max_iter, what, e, beta=0.0):
+def _fixed_point(f, S, rho, tol, max_iter, what, beta=0.0):
     """Certified Picard iteration S_k = f(S_(k-1)), for a map whose rows are rho-contractions:
         delta_k = ||S_k - S_(k-1)||,   e_k = (rho delta_k + nu ||S_k|| + beta) / (1 - rho)
     bounds the error (||S_k - S*|| <= rho ||S_(k-1) - S*|| + nu ||S_k|| + beta, and ||S_(k-1) -
-    S*|| <= delta_k + ||S_k - S*||); stop at the first e_k <= tol ||S_k||. beta bounds the
-    rounding of the map's data, made once; nu ||S_k|| models a sweep's, nu = eps (1 + sqrt(m)
-    rho): a model, not a worst case (README). Norms are Frobenius. In exact arithmetic delta shrinks
-    by rho or more a sweep; after 10 + 2 / (1 - rho) sweeps without a new low, rounding has
-    taken over (the floor): stop, naming the smallest tol certified on the way. f(S, out)
-    writes f(S) into out; S is overwritten; 2^e is the caller's unit. rho >= 1: uncertified."""
+    S*|| <= delta_k + ||S_k - S*||); stop at the first e_k <= tol ||S_k||. beta: the rounding
+    of the map's data; nu ||S_k||: a sweep's, nu = eps (1 + sqrt(m) rho), a model (README) that
+    steers the stop (_last_sweep bounds the last sweep for what decides). After 10 + 2 / (1 -
+    rho) sweeps without a new low of delta, rounding has taken over (the floor): stop, naming
+    the smallest tol certified on the way. f(S, out) writes f(S) into out; S is overwritten.
+    Returns S_k, D = S_(k-1) - S_k and info. rho >= 1: uncertified."""
     nu = EPS * (1.0 + math.sqrt(S.shape[1]) * rho)
     patience = 10 + 2 / (1 - rho) if rho < 1 else max_iter
     new = np.empty_like(S)
@@ -181,8 +183,8 @@ def _fixed_point(f, S, rho, tol, max_iter, what, e, beta=0.0):
         S, new = new, S
         bound = (rho * delta + nu * size + beta) / (1 - rho) if rho < 1 else math.inf
         if (bound if rho < 1 else delta) <= tol * size:
-            return S, {"iterations": sweep, "delta": delta, "error_bound": bound, "rho": rho,
-                       "certified": rho < 1, "tol": tol}
+            return S, new, {"iterations": sweep, "delta": delta, "error_bound": bound,
+                            "rho": rho, "certified": rho < 1, "tol": tol}
         if not math.isfinite(delta + size):
             raise NotConvergedError(f"{what}: the iterates overflowed at sweep {sweep} (rho = "
                                     f"{rho:.6g} >= 1)", iterations=sweep, error_bound=math.inf)
@@ -192,57 +194,63 @@ def _fixed_point(f, S, rho, tol, max_iter, what, e, beta=0.0):
             break
     floor = sweep - low_sweep > patience  # rounding, not max_iter, stopped it
     attainable = float(f"{1.06 * best:.2g}") if floor else None  # rounded up: this tol certifies
-    with np.errstate(over="ignore"):
-        raise NotConvergedError(f"{what}: tol = {tol:.3g} not certified (rho = {rho:.6g}, "
-                                f"certified error {best:.3g} of the norm): " + (
-            f"the change per sweep stopped shrinking at sweep {low_sweep}: tol is below what "
-            f"float64 can certify here, and the smallest tol it can certify is {attainable}"
-            if floor else f"max_iter = {max_iter} sweeps ran out while the change still shrinks"),
-            iterations=sweep, error_bound=float(np.ldexp(bound, e)), attainable_tol=attainable)
+    raise NotConvergedError(f"{what}: tol = {tol:.3g} not certified (rho = {rho:.6g}, certified "
+                            f"error {best:.3g} of the norm): " + (
+        f"the change per sweep stopped shrinking at sweep {low_sweep}: tol is below what "
+        f"float64 can certify here, and the smallest tol it can certify is {attainable}"
+        if floor else f"max_iter = {max_iter} sweeps ran out while the change still shrinks"),
+        iterations=sweep, error_bound=bound, attainable_tol=attainable)
 
 def _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0=None):
-    """(Z / 2^e, e, info) on checked inputs: 2^e is the scale of the largest entry of
-    relu(X W^T), so the iteration cannot under- or overflow. Z0 = (S, e0) is a start S 2^e0."""
-    (Xs, ex), (Ws, ew) = _scaled(X), _scaled(W)
-    B = Xs @ Ws.T  # (N, m) X W^T / 2^(ex + ew)
-    eb = int(np.frexp(max(B.max(), 0.0))[1])  # the largest entry of relu(X W^T): Z's scale
-    e = ex + ew + eb
-    np.ldexp(B, -eb, out=B)  # Z is homogeneous in X W^T: solve for Z / 2^e
-    # B's rounding, made once, modelled as a sweep's: sqrt(d) eps |X| |W|^T (the worst case for
-    # d <= 4), and 2^-1074 an entry where a factor or product (of factors below 2^-511) underflows
-    d, under = X.shape[1], math.sqrt(B.size) * 2.0**-1074
-    tiny = np.prod([np.ldexp(np.abs(a).min(initial=np.inf, where=a != 0), -s)
-                    for a, s in ((X, ex), (W, ew))]) < 2.0**-1021  # the smallest nonzero factors
-    P = np.abs(Xs) @ np.abs(Ws).T  # (N, m) |X| |W|^T / 2^(ex + ew)
-    with np.errstate(over="ignore"):
-        beta = float(np.ldexp(math.sqrt(d) * EPS * np.linalg.norm(P) + tiny * (d + 1) * under,
-                              -eb)) + (eb > 0) * under
-    if B.max() <= 0:  # is the exact X W^T <= 0 too (worst-case rounding)? Then Z* = 0, exactly
-        beta = 0.0 if (d * EPS * P + B).max() + tiny * (d + 1) * 2.0**-1074 <= 0 else beta
-    del P
+    """(Z, H, D, info) on checked inputs: the certified Z, the last sweep's H (for the mask) and
+    D = Z_(k-1) - Z_k (for the worst-case bound)."""
+    B = _in_range("X W^T", X @ W.T, FloatingPointError)  # (N, m)
     gAT = gamma * A.T  # (m, m)
     H = np.empty_like(B)  # (N, m) the pre-activation of the last sweep
     def picard(Z, out):
         np.maximum(np.add(np.matmul(Z, gAT, out=H), B, out=H), 0.0, out=out)  # relu(gZA^T + B)
+    # B's rounding, made once, modelled as a sweep's: sqrt(d) eps ||X|| ||W|| (>= sqrt(d) eps
+    # || |X| |W|^T ||, the worst case for d <= 4). Where X W^T <= 0 in the worst case, Z* = 0.
+    beta = math.sqrt(X.shape[1]) * EPS * np.linalg.norm(X) * np.linalg.norm(W)
+    if B.max() + _B_error(X, W) <= 0:
+        beta = 0.0
     if Z0 is None:
         Z = np.maximum(B, 0.0)  # (N, m)
-    else:  # the box 0 <= z_ij <= ||relu(b_i)|| / (1 - rho) holds z_i: projecting cannot hurt
-        cap = np.linalg.norm(np.maximum(B, 0.0), axis=1, keepdims=True) / (1 - rho) \
-            if rho < 1 else np.inf
-        with np.errstate(over="ignore"):
-            Z = np.clip(np.ldexp(Z0[0], Z0[1] - e), 0.0, cap)  # (N, m)
-    Z, info = _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium", e, beta)
-    # Before its last rounding, which keeps its sign, the last sweep's H is within rho (delta +
-    # ||Z_k - Z*||) + nu ||Z_k|| + beta = error_bound of H*: past that, 1[H > 0] is exact.
-    info["mask_certified"] = bool(np.abs(H, out=H).min() > (1 + EPS) * info["error_bound"])
-    return Z, e, info
+    else:  # the box 0 <= z_ij <= ||relu(b_i)|| / (1 - rho) holds z_i*: projecting cannot hurt
+        cap = np.linalg.norm(np.maximum(B, 0.0), axis=1, keepdims=True) / (1 - rho)
+        Z = np.clip(Z0, 0.0, cap)  # (N, m)
+    Z, D, info = _fixed_point(picard, Z, rho, tol, max_iter, "equilibrium", beta)
+    return _in_range("Z", Z, FloatingPointError), H, D, info
+
+def _B_error(X, W):
+    """|fl(X W^T) - X W^T| <= g(d) max ||x_i|| max ||w_j|| + d 2^-1074, entrywise, worst case."""
+    return _g(X.shape[1]) * _norm_up(X, rows=True) * _norm_up(W, rows=True) + X.shape[1] * TINY
+
+def _last_sweep(S, D, gM, out, rho, extra=0.0):
+    """A solve's last sweep, worst case: out = fl(S_(k-1) gM + c) (then masked, or relu, to S_k),
+    gM = fl(gamma M), is within e + g(1) |out| of S_(k-1) gamma M + c entrywise, e = g(m + 2) max
+    ||s_(k-1)|| max ||gM[:, j]|| + (sqrt(m) max ||s_(k-1)|| + m) 2^-1074 + extra (the product,
+    gM, underflow; c's error), ||s_(k-1)|| <= ||s_k|| + delta. So ||S_k - S*|| <= (rho delta +
+    ||R||) / (1 - rho), R that rounding. Returns (that, delta, e); 1 + 4 eps: these roundings."""
+    m, delta = len(gM), _norm_up(D) * (1 + EPS)
+    rows = _norm_up(S, rows=True) + delta
+    e = _g(m + 2) * rows * _norm_up(gM.T, rows=True) + (math.sqrt(m) * rows + m) * TINY + extra
+    R = math.sqrt(out.size) * e + _g(1) * _norm_up(out)
+    return (rho * delta + R) / (1 - rho) * (1 + 4 * EPS), delta, e
+
+def _certify_forward(A, W, X, gamma, rho, Z, H, D):
+    """(eZ, mask_certified), worst case. With X W^T's rounding as c's, ||Z_k - Z*|| <= eZ, and
+    |H - H*| <= e + g(1) |H| + gamma |A (z_(k-1) - z*)| <= e + g(1) |H| + rho (delta + eZ): the
+    mask 1[H > 0] is exact where |H| exceeds that, at every entry (an entrywise question)."""
+    eZ, delta, e = _last_sweep(Z, D, gamma * A.T, H, rho, _B_error(X, W))
+    return eZ, bool(np.abs(H).min() * (1 - _g(1)) > (e + rho * (delta + eZ)) * (1 + 4 * EPS))
 
 def _forward_args(params, X, gamma, tol, max_iter, Z0, allow_ill_posed=False):
     A, W, v = _check_params(params)
     X = _array("X", X, (None, W.shape[1]))
-    gamma, tol = _number("gamma", gamma), _number("tol", tol)
+    gamma, tol = _number("gamma", gamma, ranged=True), _number("tol", tol)
     max_iter = _number("max_iter", max_iter, integer=True)
-    Z0 = None if Z0 is None else (_array("Z0", Z0, (len(X), len(A))), 0)
+    Z0 = None if Z0 is None else _array("Z0", Z0, (len(X), len(A)))
     return Params(A, W, v), X, gamma, _rho(A, gamma, allow_ill_posed), tol, max_iter, Z0
 
 def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, allow_ill_posed=False):
@@ -251,128 +259,121 @@ def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, allow_
     rho = gamma ||A||_2 < 1 makes each row's map z -> relu(gamma A z + W x_i) a rho-contraction
     (ReLU is 1-Lipschitz): Z exists, is unique, and Z_k -> Z at rate rho. Z0 is projected onto
     a box that holds Z (never further from it). info["mask_certified"]: no pre-activation is
-    within error_bound of 0, so 1[H > 0] is exact. allow_ill_posed: rho >= 1, uncertified.
-    """
+    within its worst-case error of 0, so 1[H > 0] is exact. allow_ill_posed: rho >= 1,
+    uncertified (mask_certified False)."""
     (A, W, _), X, gamma, rho, tol, max_iter, Z0 = _forward_args(
         params, X, gamma, tol, max_iter, Z0, allow_ill_posed)
-    Z, e, info = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
-    return _unscale("Z", Z, e), _public(info, e)
+    Z, H, D, info = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
+    certified = rho < 1 and _certify_forward(A, W, X, gamma, rho, Z, H, D)[1]
+    return Z, {**info, "mask_certified": certified}
 
 # ---- the implicit gradient ----
 #
 # Differentiate the equilibrium z_i = relu(h_i), h_i = gamma A z_i + W x_i, with the mask
 # D_i = diag(1[h_i > 0]):
-#     dz_i = D_i (gamma dA z_i + gamma A dz_i + dW x_i)
-#     (I - gamma D_i A) dz_i = D_i (gamma dA z_i + dW x_i)   (||gamma D_i A||_2 <= rho < 1)
+#     dz_i = D_i (gamma dA z_i + gamma A dz_i + dW x_i + W dx_i)
+#     (I - gamma D_i A) dz_i = D_i (gamma dA z_i + dW x_i + W dx_i)   (||gamma D_i A||_2 <= rho)
 # Phi = 0.5 sum_i (v^T z_i - y_i)^2 changes by dPhi = sum_i r_i (v^T dz_i + z_i^T dv). The
-# adjoint a_i, (I - gamma D_i A)^T a_i = r_i v, turns r_i v^T dz_i into a_i^T D_i (gamma dA z_i
-# + dW x_i); and g_i = D_i a_i = D_i (r_i v + gamma A^T g_i). In batch:
-#     G = 1[H > 0] * (r v^T + gamma G A)
-#     dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r
-# Row i of G's fixed point is a rho-contraction too (||gamma D_i A^T||_2 <= rho), and linear
-# in r_i: G = diag(r) U, where row i of U, d yhat_i / d(W x_i), does not move with the
-# residual. So training warm-starts G from diag(r_new) U_old. Nothing is unrolled: memory is
-# O(N m + m^2) whatever the number of sweeps.
+# adjoint u_i, (I - gamma D_i A^T) u_i = D_i v, i.e. u_i = D_i (v + gamma A^T u_i), turns v^T dz_i
+# into u_i^T (gamma dA z_i + dW x_i + W dx_i): row i of U is d yhat_i / d(W x_i), and does not
+# depend on the residual. With G = diag(r) U, in batch:
+#     U = 1[H > 0] * (1 v^T + gamma U A)
+#     dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r,   dPhi/dX = G W
+# Row i of U's fixed point is a rho-contraction too (||gamma D_i A^T||_2 <= rho). Nothing is
+# unrolled: memory is O(N m + m^2) whatever the number of sweeps.
 #
-# The gradient's certificate. Z_k is within eZ of Z*; when the mask is certified it is the
-# exact one, and G_k is within eG of diag(r_k) U*. With r* = Z* v - y (Frobenius norms):
-#     ||r_k - r*|| <= (eZ + m eps ||Z_k||) |v| + eps ||r_k|| = er   (with fl(Z v) - y),
-#     ||u_i*|| <= ||D_i v|| / (1 - rho),   ||G_k - G*|| <= eG + er |v| / (1 - rho) = eG',
-#     ||dA_k - dA*|| <= gamma (eG' ||Z_k|| + (||G_k|| + eG') eZ),
-#     ||dW_k - dW*|| <= eG' ||X||,      ||dv_k - dv*|| <= eZ ||r_k|| + (||Z_k|| + eZ) er,
-# |v| = max_i ||D_i v||, each plus the products' rounding, at most N eps times the norms. The
-# bound stacks those of the gradients asked for; the direct adjoint is exact up to rounding
-# (eG = 0). Where the mask is not certified it is inf: near a kink the loss may have no
-# derivative, and the convention ReLU'(0) = 0 decides what is returned.
+# The gradient's certificate (worst case; Frobenius norms). Z_k is within eZ of Z*, U_k within
+# eU of U* (_last_sweep); when the mask is certified it is the exact one, so z_i - z_i* and
+# u_i* live on D_i: with nv = max_i ||D_i v|| (only active units carry errors), r* = Z* v - y,
+#     ||r_k - r*|| <= (eZ + g(m) ||Z_k||) nv + g(1) ||r_k|| = er      (fl(Z v) - y),
+#     ||u_i*|| <= ||D_i v|| / (1 - rho),   ||G_k - G*|| <= max|r_i| eU + er nv / (1 - rho) = eG,
+#     ||dA_k - dA*|| <= gamma (eG ||Z_k|| + (||G_k|| + eG) eZ),   ||dW_k - dW*|| <= eG ||X||,
+#     ||dv_k - dv*|| <= eZ ||r_k|| + (||Z_k|| + eZ) er,           ||dX_k - dX*|| <= eG ||W||,
+# each plus its product's rounding, g(n) times the norms multiplied (n summed over), and
+# underflow. The bound stacks those of the gradients asked for. Where the mask is not
+# certified it is inf: near a kink the loss may have no derivative, and ReLU'(0) = 0 decides.
 
-def _adjoint(A, v, mask, r, gamma, rho, tol, max_iter, U0=None):
-    """(G / 2^e, e, info): G = mask * (r v^T + gamma G A), certified, on checked inputs; v, r and
-    a start U0 (G_0 = diag(r) U0) come as (S, e0), for S 2^e0."""
-    (vs, ev), (rs, er) = v, r
-    C, ec = _scaled(mask * np.outer(rs, vs))  # (N, m) 1[H > 0] r v^T: G's scale (as relu(B) Z's)
-    gA, e, under = gamma * A, er + ev + ec, math.sqrt(C.size) * 2.0**-1074  # (m, m)
-    def picard(G, out):
-        np.multiply(np.add(np.matmul(G, gA, out=out), C, out=out), mask, out=out)  # D (C + gGA)
-    with np.errstate(over="ignore"):  # C's rounding, made once: eps |C|, and underflow
-        beta = EPS * np.linalg.norm(C) + mask.any() * float(np.ldexp(under, -ec) + under)
-        if U0 is None:
-            G = C.copy()  # (N, m)
-        else:  # each row of U* has norm <= ||v|| / (1 - rho): projecting cannot hurt
-            cap = float(np.ldexp(np.linalg.norm(vs) / (1 - rho), -ec))
-            G = mask * rs[:, None] * np.clip(np.ldexp(U0[0], U0[1] - ev - ec), -cap, cap)
-    G, info = _fixed_point(picard, G, rho, tol, max_iter, "adjoint", e, beta)
-    return G, e, info
+def _adjoint(A, v, mask, gamma, rho, tol, max_iter, U0=None):
+    """(U, D, info): U = mask * (1 v^T + gamma U A), certified, on checked inputs."""
+    gA = gamma * A  # (m, m)
+    def picard(U, out):
+        np.multiply(np.add(np.matmul(U, gA, out=out), v, out=out), mask, out=out)  # D (1v^T + gUA)
+    if U0 is None:
+        U = mask * v  # (N, m)
+    else:  # each row of U* has norm <= ||v|| / (1 - rho), and lives on the mask: project
+        cap = np.linalg.norm(v) / (1 - rho)
+        U = mask * np.clip(U0, -cap, cap)  # (N, m)
+    U, D, info = _fixed_point(picard, U, rho, tol, max_iter, "adjoint")
+    return _in_range("U", U, FloatingPointError), D, info
 
-def _loss_and_grad(theta, X, y, gamma, rho, wrt, tol, max_iter, Z0=None, U0=None,
-                   method="fixed_point"):
-    """(loss, grads, s) on checked inputs and a certified rho; s holds the scaled solutions,
-    Z = s["Z"] 2^s["ez"] and so U and G, and the certificates."""
+def _loss_and_grad(theta, X, y, gamma, rho, wrt, tol, max_iter, Z0=None, U0=None):
+    """(loss, grads, s) on checked inputs and a certified rho; s: what the certificate and the
+    next step need (Z, H, DZ, U, DU, G, r, and the solves' infos forward and adjoint)."""
     A, W, v = theta
-    Z, ez, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
-    (vs, ev), (Xs, ex) = _scaled(v), _scaled(X)  # (m,), (N, d)
-    with np.errstate(over="ignore"):
-        r = np.ldexp(Z @ vs, ez + ev) - y  # (N,) yhat - y
-        rs, er = _scaled(r)  # (N,)
-        loss = float(np.ldexp(0.5 * (rs @ rs), 2 * er))
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"the loss overflows float64 (max |r_i| = {max(abs(r)):.3g})")
-    U = G = backward = None
-    eG, eg, eu, mask = 0.0, er + ev, ev, Z > 0  # G's certified error (0: direct), units; 1[H > 0]
+    Z, H, DZ, forward = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)  # (N, m)
+    r = _in_range("r", Z @ v - y, FloatingPointError)  # (N,) yhat - y
+    loss = 0.5 * (r @ r)
+    U = DU = G = adjoint = None
     if "A" in wrt or "W" in wrt:
-        if method == "direct":  # per-sample solves: a cross-check, below the copyable core
-            G, ec = _scaled(_adjoint_direct(A, vs, mask, rs, gamma))  # (N, m)
-            eg += ec
-        else:
-            G, eg, backward = _adjoint(A, (vs, ev), mask, (rs, er), gamma, rho, tol, max_iter, U0)
-            eG, eu, U = backward["error_bound"], eg - er, np.zeros_like(G)
-            np.divide(G, rs[:, None], out=U, where=rs[:, None] != 0)  # (N, m) G = diag(r) U
-    g, e_gamma = math.frexp(gamma)
-    units = {"A": e_gamma + eg + ez, "W": eg + ex, "v": ez + er}  # each gradient's 2^e
-    grads = Params(_unscale("dA", g * (G.T @ Z), units["A"]) if "A" in wrt else None,  # gG^TZ
-                   _unscale("dW", G.T @ Xs, units["W"]) if "W" in wrt else None,  # G^T X
-                   _unscale("dv", Z.T @ rs, units["v"]) if "v" in wrt else None)  # Z^T r
-    # the gradients' certificate (derivation above), each term in its gradient's units; the
-    # rounding of the products is at most n eps times the norms multiplied, n summed over
-    eZ, nZ, nr, nX = (forward["error_bound"], *map(np.linalg.norm, (Z, rs, Xs)))
-    nv = math.sqrt((mask @ vs**2).max())  # max_i ||D_i v||: only active units carry errors
-    nG, N, under = 0.0 if G is None else np.linalg.norm(G), len(X), math.sqrt(len(X)) * 2.0**-1074
-    with np.errstate(over="ignore"):  # ||r_k - r*||: Z's error, and rounding fl(Z v) - y
-        er_ = float(np.ldexp((eZ + len(v) * EPS * nZ) * nv, ez + ev - er) + np.ldexp(under, -er)
-                    ) + EPS * nr
-        eG_ = eG + float(np.ldexp(er_ * nv / (1 - rho), er + ev - eg))  # ||G_k - G*||
-        err = {"A": g * (eG_ * nZ + (nG + eG_) * eZ + (N + 1) * EPS * nG * nZ),
-               "W": eG_ * nX + N * EPS * nG * nX,
-               "v": eZ * nr + (nZ + eZ) * er_ + N * EPS * nZ * nr}
-        bound = math.hypot(*(float(np.ldexp(err[p], units[p])) for p in wrt))
-    return loss, grads, {"Z": Z, "ez": ez, "U": U, "eu": eu, "G": G, "eg": eg, "r": r,
-                         "forward": forward, "adjoint": backward,
-                         "mask_certified": forward["mask_certified"],
-                         "grad_error_bound": bound if forward["mask_certified"] else math.inf}
+        if isinstance(U0, str):  # "direct": per-sample solves (below the core), then certified
+            U0 = _adjoint_direct(A, v, Z > 0, gamma)
+        U, DU, adjoint = _adjoint(A, v, Z > 0, gamma, rho, tol, max_iter, U0)  # mask 1[H > 0]
+        G = _in_range("G", r[:, None] * U, FloatingPointError)  # (N, m) G = diag(r) U
+    grads = Params(gamma * (G.T @ Z) if "A" in wrt else None,  # dPhi/dA = gamma G^T Z
+                   G.T @ X if "W" in wrt else None,  # dPhi/dW = G^T X
+                   Z.T @ r if "v" in wrt else None)  # dPhi/dv = Z^T r
+    for name, grad in zip(("dA", "dW", "dv"), grads):
+        if grad is not None:
+            _in_range(name, grad, FloatingPointError)
+    return loss, grads, {"Z": Z, "H": H, "DZ": DZ, "U": U, "DU": DU, "G": G, "r": r,
+                         "forward": forward, "adjoint": adjoint}
+
+def _grad_bounds(theta, X, gamma, rho, s):
+    """The worst-case error bounds of dA, dW, dv and dX (derivation above), and mask_certified;
+    inf where the mask is not certified."""
+    (A, W, v), Z, r, U, G = theta, s["Z"], s["r"], s["U"], s["G"]
+    eZ, certified = _certify_forward(A, W, X, gamma, rho, Z, s["H"], s["DZ"])
+    if not certified:
+        return dict.fromkeys("AWvX", math.inf), False
+    (N, m), d, nZ, nr = Z.shape, X.shape[1], _norm_up(Z), _norm_up(r)
+    nv = _norm_up((Z > 0) * v, rows=True)  # max_i ||D_i v||
+    er = (eZ + _g(m) * nZ) * nv + _g(1) * nr + math.sqrt(N) * m * TINY  # ||r_k - r*||
+    bounds = {"v": eZ * nr + (nZ + eZ) * er + _g(N) * nZ * nr + math.sqrt(m) * N * TINY}
+    if U is not None:
+        eU, nG, nX, nW = _last_sweep(U, s["DU"], gamma * A, U, rho)[0], *map(_norm_up, (G, X, W))
+        eG = np.abs(r).max() * eU + er * nv / (1 - rho) + _g(1) * nG + math.sqrt(N * m) * TINY
+        bounds.update(A=gamma * (eG * nZ + (nG + eG) * eZ + _g(N + 1) * nG * nZ + m * N * TINY),
+                      W=eG * nX + _g(N) * nG * nX + math.sqrt(m * d) * N * TINY,
+                      X=eG * nW + _g(m) * nG * nW + math.sqrt(N * d) * m * TINY)
+    return {p: bound * (1 + 8 * EPS) for p, bound in bounds.items()}, True  # the sums' rounding
 
 def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=10_000, Z0=None,
                   U0=None, method="fixed_point", return_info=False):
     """The square loss and its implicit gradient (derivation above): (loss, Params(dA, dW, dv)).
-        Phi = 0.5 ||Z v - y||^2,   r = Z v - y,   G = 1[H > 0] * (r v^T + gamma G A)
-        dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r
+        Phi = 0.5 ||r||^2,   r = Z v - y,   U = 1[H > 0] * (1 v^T + gamma U A),   G = diag(r) U
+        dPhi/dA = gamma G^T Z,   dPhi/dW = G^T X,   dPhi/dv = Z^T r,   dPhi/dX = G W
     wrt: the gradients wanted, the others are None (with ("v",) no adjoint is solved). Z0, U0:
-    warm starts. method "direct": G by per-sample solves (adjoint_direct), a cross-check for
-    small m. return_info adds a third result: Z, G, U, r, forward and adjoint (the solves'
-    infos), mask_certified, grad_error_bound (see above)."""
+    warm starts. method "direct": U from per-sample solves (adjoint_direct, below the copyable
+    core), then certified by the fixed point. return_info adds a third result: Z, U, G, r, dX,
+    forward and adjoint (the solves' infos), mask_certified, grad_error_bound (of the wrt
+    gradients) and dX_error_bound: worst-case bounds (see above), inf off a certified mask."""
     (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
     y, wrt = _array("y", y, (len(X),)), _check_train(wrt, "wrt")
-    U0 = None if U0 is None else (_array("U0", U0, (len(X), len(A))), 0)
+    U0 = None if U0 is None else _array("U0", U0, (len(X), len(A)))
     if method != "fixed_point" and (method != "direct" or "_adjoint_direct" not in globals()):
         raise ValueError(f"method must be 'fixed_point', or 'direct' with the whole file (the "
                          f"cross-check is below the copyable core), got {method!r}")
-    loss, grads, s = _loss_and_grad(Params(A, W, v), X, y, gamma, rho, wrt, tol, max_iter, Z0,
-                                    U0, method)
+    theta = Params(A, W, v)
+    loss, grads, s = _loss_and_grad(theta, X, y, gamma, rho, wrt, tol, max_iter, Z0,
+                                    "direct" if method == "direct" else U0)
     if not return_info:
         return loss, grads
-    units = {"Z": s["ez"], "G": s["eg"], "U": s["eu"]}  # to the caller's units
-    info = {key: None if s[key] is None else _unscale(key, s[key], e) for key, e in units.items()}
-    return loss, grads, {**info, "r": s["r"], "forward": _public(s["forward"], s["ez"]),
-                         "adjoint": s["adjoint"] and _public(s["adjoint"], s["eg"]),
-                         **{k: s[k] for k in ("mask_certified", "grad_error_bound")}}
+    bounds, certified = _grad_bounds(theta, X, gamma, rho, s)
+    dX = None if s["G"] is None else _in_range("dX", s["G"] @ W, FloatingPointError)  # (N, d)
+    return loss, grads, {**{k: s[k] for k in ("Z", "U", "G", "r", "forward", "adjoint")},
+                         "dX": dX, "mask_certified": certified,
+                         "grad_error_bound": math.hypot(*(bounds[p] for p in wrt)),
+                         "dX_error_bound": None if dX is None else bounds["X"]}
 
 # ---- gradient descent and gradient flow ----
 #
@@ -385,39 +386,42 @@ def loss_and_grad(params, X, y, gamma, *, wrt=PARAM_NAMES, tol=1e-12, max_iter=1
 # When the margin 1 - rho has halved since, rho is recomputed; if that reaches 1, we stop.
 
 def gradient_descent(params, X, y, gamma, *, lr, steps, train=PARAM_NAMES, target=None,
-                     tol=1e-12, max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
+                     tol=1e-12, max_iter=10_000, lambda_min=False, lambda_theta=False,
+                     warm_start=True, log_every=0):
     """theta_(k+1) = theta_k - lr grad Phi(theta_k), at most `steps` steps: (theta_K, history).
     train: the parameters that move. target: stop once Phi_k <= target Phi_0. history: arrays
     with entry k at theta_k, loss, rho (certified), forward_iters and adjoint_iters (sweeps),
-    grad_norm (of the whole trained gradient), lambda_min (if asked: an SVD a step); and
-    norm_refreshes, train. log_every > 0 prints a line every so many steps."""
-    lr, steps = _number("lr", lr), _number("steps", steps, integer=True)
-    return _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, lambda_min,
-                  warm_start, log_every, lambda k: f"GD step {k}")
+    grad_norm (of the whole trained gradient), lambda_min (if asked: lambda_min(Z_k Z_k^T), an
+    SVD a step), lambda_theta (if asked: lambda_min(Theta_k), gradient_gram's, an eigensolve a
+    step); and norm_refreshes, train. log_every > 0 prints a line every so many steps."""
+    lr, steps = _number("lr", lr, ranged=True), _number("steps", steps, integer=True)
+    return _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter,
+                  (lambda_min, lambda_theta), warm_start, log_every, lambda k: f"GD step {k}")
 
 def gradient_flow(params, X, y, gamma, *, t_end, dt, train=PARAM_NAMES, target=None, tol=1e-12,
-                  max_iter=10_000, lambda_min=False, warm_start=True, log_every=0):
+                  max_iter=10_000, lambda_min=False, lambda_theta=False, warm_start=True,
+                  log_every=0):
     """d theta/dt = -grad Phi(theta) on [0, t_end] by explicit Euler: (theta(t_end), history).
         theta(t + h) = theta(t) - h grad Phi(theta(t)),   n = ceil(t_end / dt), h = t_end / n
     First order: halving dt halves the error at t_end. history: as GD's, and t = k h, h."""
-    t_end, dt = _number("t_end", t_end), _number("dt", dt)
+    t_end, dt = _number("t_end", t_end, ranged=True), _number("dt", dt, ranged=True)
     n = max(1, math.ceil(t_end / dt * (1 - 4 * EPS)))  # 0.07 / 0.01 = 7.000000000000001: 7
-    return _train(params, X, y, gamma, t_end / n, n, train, target, tol, max_iter, lambda_min,
-                  warm_start, log_every, lambda k: f"GF t {k * t_end / n:.4g}", flow=True)
+    return _train(params, X, y, gamma, t_end / n, n, train, target, tol, max_iter,
+                  (lambda_min, lambda_theta), warm_start, log_every,
+                  lambda k: f"GF t {k * t_end / n:.4g}", flow=True)
 
-def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track_lambda, warm_start,
+def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track, warm_start,
            log_every, where, flow=False):
     """The loop of gradient_descent and gradient_flow (flow: history has t, and h = lr)."""
-    theta = Params(*(p.copy() for p in _check_params(params)))  # the result never shares memory
-    X = _array("X", X, (None, theta.W.shape[1]))
-    y, gamma, tol = _array("y", y, (len(X),)), _number("gamma", gamma), _number("tol", tol)
-    train, max_iter = _check_train(train), _number("max_iter", max_iter, integer=True)
+    theta, X, gamma, rho, tol, max_iter, _ = _forward_args(params, X, gamma, tol, max_iter, None)
+    theta = Params(*(p.copy() for p in theta))  # the result never shares memory
+    y, train = _array("y", y, (len(X),)), _check_train(train)
     target = None if target is None else _number("target", target)
     log_every = _number("log_every", log_every, integer=True, zero=True)
-    rho = rho_ref = _rho(theta.A, gamma)  # NotWellPosedError before any work
+    rho_ref = rho  # NotWellPosedError came before any work
     A_ref, m = theta.A, len(theta.A)
-    keys = ("loss", "rho", "forward_iters", "adjoint_iters", "grad_norm", "lambda_min")[:5 + bool(
-        track_lambda)]
+    keys = ("loss", "rho", "forward_iters", "adjoint_iters", "grad_norm") + tuple(
+        key for key, on in zip(("lambda_min", "lambda_theta"), track) if on)
     history = {"norm_refreshes": 1, "train": train, **{key: [] for key in keys}}
     good, past = theta, []  # the last params whose loss is recorded; the last two solutions
     def finish():
@@ -430,36 +434,40 @@ def _train(params, X, y, gamma, lr, steps, train, target, tol, max_iter, track_l
                              reason=reason, params=good, history=finish(), rho=rho)
     for k in range(steps + 1):
         Z0 = U0 = None
-        if warm_start and past:  # (S, e) is S 2^e: extrapolate in the last solution's units
-            (Z1, ez, U1, ev), (Z2, ez2, U2, ev2) = past[-1], past[0]  # past[0]: the one before
-            Z0 = (2 * Z1 - np.ldexp(Z2, ez2 - ez), ez) if len(past) == 2 else (Z1, ez)
+        if warm_start and past:  # past[-1]: the last solutions, past[0] the ones before
+            (Z1, U1), (Z2, U2) = past[-1], past[0]
+            Z0 = 2 * Z1 - Z2 if len(past) == 2 else Z1
             if U1 is not None:
-                U0 = (2 * U1 - np.ldexp(U2, ev2 - ev), ev) if len(past) == 2 else (U1, ev)
+                U0 = 2 * U1 - U2 if len(past) == 2 else U1
         try:
             loss, grads, s = _loss_and_grad(theta, X, y, gamma, rho, train, tol, max_iter, Z0, U0)
         except NotConvergedError as e:
             raise stop(k, "solver floor" if e.attainable_tol else "not converged", e, rho) from e
         except FloatingPointError as e:
             raise stop(k, "diverged", e, rho) from e
-        good, past = theta, past[-1:] + [(s["Z"], s["ez"], s["U"], s["eu"])]
+        good, past = theta, past[-1:] + [(s["Z"], s["U"])]
         row = [loss, rho, s["forward"]["iterations"], s["adjoint"]["iterations"] if s["adjoint"]
-               else 0, math.hypot(*(_norm(g) for g in grads if g is not None))]
-        if track_lambda:  # lambda_min(Z Z^T) = lambda_min(Zs Zs^T) 4^ez
-            row.append(float(np.ldexp(lambda_min(s["Z"]), 2 * s["ez"])))
+               else 0, math.hypot(*(np.linalg.norm(g) for g in grads if g is not None))]
+        if track[0]:
+            row.append(lambda_min(s["Z"]))
+        if track[1]:
+            row.append(float(np.linalg.eigvalsh(_theta_gram(X, gamma, s["Z"], s["U"], train))[0]))
         for key, value in zip(keys, row):
             history[key].append(value)
         done = k == steps or (target is not None and loss <= target * history["loss"][0])
         if log_every and (k % log_every == 0 or done):
             print(f"{where(k)}: loss {loss:.6e}  rho {rho:.4f}  sweeps fwd/adj {row[2]}/{row[3]}"
-                  + (f"  lambda_min {row[5]:.3e}" if track_lambda else ""), flush=True)
+                  + "".join(f"  {key} {value:.3e}" for key, value in zip(keys[5:], row[5:])),
+                  flush=True)
         if done:
             break
-        with np.errstate(over="ignore", invalid="ignore"):
-            new = Params(*(p if g is None else p - lr * g for p, g in zip(theta, grads)))
-        if not all(np.isfinite(p).all() for p in new):
-            raise stop(k + 1, "diverged", "the parameters became non-finite")
+        new = Params(*(p if g is None else p - lr * g for p, g in zip(theta, grads)))
+        try:  # in range: |p - lr g| <= 2^201 2^200 cannot overflow, but may leave the range
+            new = _check_params(new)
+        except ValueError as e:
+            raise stop(k + 1, "diverged", e) from e
         if grads.A is not None:  # ||A_(k+1)||_2 <= ||A_ref||_2 + ||A_(k+1) - A_ref||_F
-            rho = (rho_ref + gamma * _norm(new.A - A_ref)) * (1 + 2 * m * m * EPS)  # inf: refresh
+            rho = (rho_ref + gamma * _norm_up(new.A - A_ref) * (1 + EPS)) * (1 + 2 * m * m * EPS)
             if 1 - rho < (1 - rho_ref) / 2:  # the margin has halved: recompute it exactly
                 rho = rho_ref = _rho(new.A, gamma, allow_ill_posed=True)
                 A_ref, history["norm_refreshes"] = new.A, history["norm_refreshes"] + 1
@@ -480,22 +488,46 @@ def lambda_min(Z):
     s = np.linalg.svd(Z, compute_uv=False)
     return 0.0 if s[-1] <= s[0] * max(Z.shape) * EPS else float(s[-1] ** 2)
 
-def pl_ratios(history):
-    """||grad Phi_k||^2 / (2 lambda_min(Z_k Z_k^T) Phi_k), >= 1 where the PL inequality holds:
-    ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r >= 2 lambda_min(Z Z^T) Phi when v is
-    trained. The ratio is inf where lambda_min Phi = 0 (nothing to check)."""
-    if "v" not in dict(history).get("train", ()) or "lambda_min" not in history:
-        raise ValueError("history must come from training with v trained and lambda_min=True")
-    lower = 2.0 * history["lambda_min"] * history["loss"]
+def _theta_gram(X, gamma, Z, U, train):
+    """Theta for the trained subset, from the solves (gradient_gram's formula)."""
+    ZZ = Z @ Z.T  # (N, N)
+    Theta = ZZ.copy() if "v" in train else np.zeros_like(ZZ)
+    if U is not None:
+        Theta += (U @ U.T) * (("W" in train) * (X @ X.T) + ("A" in train) * gamma**2 * ZZ)
+    return Theta
+
+def gradient_gram(params, X, gamma, *, train=PARAM_NAMES, tol=1e-12, max_iter=10_000):
+    """The Gram matrix of the whole gradient, over the trained parameters: (N, N)
+        Theta = (U U^T) * (X X^T [W] + gamma^2 Z Z^T [A]) + Z Z^T [v]        (* entrywise)
+    Row i of U, u_i = d yhat_i / d(W x_i), does not depend on y: the gradient of yhat_i is u_i
+    x_i^T in W, gamma u_i z_i^T in A and z_i in v, so Theta_ij = <grad yhat_i, grad yhat_j>
+    and ||grad Phi||^2 = r^T Theta r exactly. Theta - Z Z^T is positive semidefinite: its PL
+    constant lambda_min(Theta) is never below the output layer's lambda_min(Z Z^T)."""
+    theta, X, gamma, rho, tol, max_iter, _ = _forward_args(params, X, gamma, tol, max_iter, None)
+    train = _check_train(train)  # y = 0: U does not depend on it
+    s = _loss_and_grad(theta, X, np.zeros(len(X)), gamma, rho, train, tol, max_iter)[2]
+    return _theta_gram(X, gamma, s["Z"], s["U"], train)
+
+def pl_ratios(history, gram="Z"):
+    """||grad Phi_k||^2 / (2 lambda_k Phi_k), >= 1 where the PL inequality holds. gram "Z":
+    lambda_k = lambda_min(Z_k Z_k^T), as ||grad Phi||^2 >= ||dPhi/dv||^2 = r^T Z Z^T r when v is
+    trained; "theta": lambda_min(Theta_k), as ||grad Phi||^2 = r^T Theta r. The ratio is inf
+    where lambda_k Phi_k <= 0 (nothing to check)."""
+    key = {"Z": "lambda_min", "theta": "lambda_theta"}.get(gram, gram)
+    if key not in history or (gram == "Z" and "v" not in history.get("train", ())):
+        raise ValueError(f"gram must be 'Z' or 'theta', from training with {key}=True"
+                         + " and v trained" * (gram == "Z") + f"; got gram = {gram!r}")
+    lower = 2.0 * history[key] * history["loss"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(lower > 0, history["grad_norm"] ** 2 / lower, np.inf)
 
 def gronwall_bound(loss0, lambda_mins, h):
-    """Phi(t_k) <= Phi(0) exp(-2 sum_(j<k) lambda_min(Z_j Z_j^T) h), k = 0..n: the certificate,
-    exact for the flow (dPhi/dt = -||grad||^2 <= -2 lambda_min Phi) with the integral as a left
-    Riemann sum on the Euler grid, so along Euler it holds up to O(h)."""
+    """Phi(t_k) <= Phi(0) exp(-2 sum_(j<k) lambda_j h), k = 0..n, lambda_j the PL constant of
+    either Gram matrix (lambda_min or lambda_theta of a history): the certificate, exact for
+    the flow (dPhi/dt = -||grad||^2 <= -2 lambda Phi) with the integral as a left Riemann sum
+    on the Euler grid, so along Euler it holds up to O(h)."""
     loss0, h = _number("loss0", loss0, zero=True), _number("h", h)
-    lam = np.maximum(_array("lambda_mins", lambda_mins, (None,)), 0.0)  # < 0: rounding
+    lam = np.maximum(_array("lambda_mins", lambda_mins, (None,), ranged=False), 0.0)  # < 0: 0
     return loss0 * np.exp(-2.0 * h * np.concatenate([[0.0], np.cumsum(lam[:-1])]))  # (n + 1,)
 
 # ---- end of the copyable core ----
@@ -505,39 +537,38 @@ import argparse, hashlib, json, os, sys, time, timeit, zipfile, zlib  # noqa: E4
 
 # ---- cross-checks and data ----
 
-def _adjoint_direct(A, v, mask, r, gamma):
-    """G by a direct solve per sample, (I - gamma D_i A)^T a_i = r_i v, g_i = D_i a_i."""
-    G = np.zeros(mask.shape)  # (N, m)
+def _adjoint_direct(A, v, mask, gamma):
+    """U by a direct solve per sample, (I - gamma D_i A^T) u_i = D_i v."""
+    U = np.zeros(mask.shape)  # (N, m)
     for i, D in enumerate(mask.astype(np.float64)):  # D: the diagonal of D_i
-        G[i] = D * np.linalg.solve((np.eye(len(A)) - gamma * D[:, None] * A).T, r[i] * v)
-    return G
+        U[i] = np.linalg.solve(np.eye(len(A)) - gamma * D[:, None] * A.T, D * v)
+    return U
 
 def _adjoint_args(params, Z, r, gamma):
     A, _, v = _check_params(params)
     Z = _array("Z", Z, (None, len(A)))
-    return A, _scaled(v), Z > 0, _scaled(_array("r", r, (len(Z),))), _number("gamma", gamma)
+    return A, v, Z > 0, _array("r", r, (len(Z),)), _number("gamma", gamma, ranged=True)
 
 def adjoint(params, Z, r, gamma, *, tol=1e-12, max_iter=10_000, U0=None):
-    """G = 1[Z > 0] * (r v^T + gamma G A) for a given Z and r, by the core's certified Picard
-    iteration, from G_0 = diag(r) U0: (G, info). Z's own error is not in this bound."""
+    """G = diag(r) U, U = 1[Z > 0] * (1 v^T + gamma U A) for a given Z and r, by the core's
+    certified Picard iteration from U0: (G, info), info U's. Z's own error is not in it."""
     A, v, mask, r, gamma = _adjoint_args(params, Z, r, gamma)
-    U0 = None if U0 is None else (_array("U0", U0, mask.shape), 0)
-    G, e, info = _adjoint(A, v, mask, r, gamma, _rho(A, gamma), _number("tol", tol),
+    U0 = None if U0 is None else _array("U0", U0, mask.shape)
+    U, _, info = _adjoint(A, v, mask, gamma, _rho(A, gamma), _number("tol", tol),
                           _number("max_iter", max_iter, integer=True), U0)
-    return _unscale("G", G, e), _public(info, e)
+    return _in_range("G", r[:, None] * U, FloatingPointError), info
 
 def adjoint_direct(params, Z, r, gamma):
     """The same G by per-sample linear solves, O(N m^3): the independent cross-check."""
-    A, (vs, ev), mask, (rs, er), gamma = _adjoint_args(params, Z, r, gamma)
-    _rho(A, gamma)  # rho >= 1: I - gamma D_i A may be singular
-    return _unscale("G", _adjoint_direct(A, vs, mask, rs, gamma), er + ev)
+    A, v, mask, r, gamma = _adjoint_args(params, Z, r, gamma)
+    _rho(A, gamma)  # rho >= 1: I - gamma D_i A^T may be singular
+    return _in_range("G", r[:, None] * _adjoint_direct(A, v, mask, gamma), FloatingPointError)
 
 def predict(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None):
-    """yhat = Z v, Z the certified equilibrium (the core's, scaled: no under- or overflow)."""
+    """yhat = Z v, Z the certified equilibrium."""
     (A, W, v), X, gamma, rho, tol, max_iter, Z0 = _forward_args(params, X, gamma, tol, max_iter, Z0)
-    Z, e, _ = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
-    vs, ev = _scaled(v)
-    return _unscale("yhat", Z @ vs, e + ev)  # (N,)
+    Z = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)[0]
+    return _in_range("yhat", Z @ v, FloatingPointError)  # (N,)
 
 def _tightest(solve, tol):
     """(solve(t), t): t = tol, or the tightest tol float64 certifies here if looser (to 1e-6)."""
@@ -988,19 +1019,19 @@ def _canonical_cases(seed=0):
 
 def _golden_outputs(case, tol):
     """A case's outputs from its inputs (the API checks them), and whether its mask is certified.
-    Z comes from the gradient's own solve: at most four (N, m) arrays live at once."""
+    Z comes from the gradient's own solve."""
     (A, W, v), X, gamma, rho, tol, max_iter, _ = _forward_args(
         Params(case["A"], case["W"], case["v"]), case["X"], case["gamma"], tol, 10_000, None)
     y = _array("y", case["y"], (len(X),))
-    loss, grads, s = _loss_and_grad(Params(A, W, v), X, y, gamma, rho, PARAM_NAMES, tol, max_iter)
-    Z, certified = _unscale("Z", s.pop("Z"), s["ez"]), s["mask_certified"]
-    del s  # G and U
-    out = {"Z": Z, "yhat": Z @ v, "loss": np.float64(loss), "dA": grads.A, "dW": grads.W,
-           "dv": grads.v}
+    theta = Params(A, W, v)
+    loss, grads, s = _loss_and_grad(theta, X, y, gamma, rho, PARAM_NAMES, tol, max_iter)
+    certified = _grad_bounds(theta, X, gamma, rho, s)[1]
+    out = {"Z": s["Z"], "yhat": s["Z"] @ v, "loss": np.float64(loss), "dA": grads.A,
+           "dW": grads.W, "dv": grads.v, "dX": s["G"] @ W}
     if "train" in case:
         train = tuple(p for p, t in zip(PARAM_NAMES, case["train"]) if t)
-        final, hist = gradient_descent(Params(A, W, v), X, y, gamma, lr=case["lr"],
-                                       steps=case["steps"], train=train, tol=tol)
+        final, hist = gradient_descent(theta, X, y, gamma, lr=case["lr"], steps=case["steps"],
+                                       train=train, tol=tol)
         out.update(gd_A=final.A, gd_W=final.W, gd_v=final.v, gd_loss=hist["loss"])
     return out, certified
 
