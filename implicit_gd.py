@@ -77,7 +77,7 @@ class Params(NamedTuple):
 
 def _in_range(name, a, error=ValueError):
     """a, if its largest |entry| is in [2^-200, 2^200] or a = 0; else `error`, naming it."""
-    top = float(np.max(np.abs(a)))
+    top = max(float(np.max(a)), -float(np.min(a)))  # max |a_ij|, without a copy of a
     if top != 0.0 and not LOW <= top <= HIGH:
         raise error(f"{name} is out of range: its largest |entry| is {top:.3g}, outside "
                     f"[2^-200, 2^200] = [{LOW:.3g}, {HIGH:.3g}]; rescale it")
