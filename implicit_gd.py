@@ -595,6 +595,8 @@ def make_data(N, d, *, seed=0):
 
 # ---- demo and sweep: the paper's two claims, runnable ----
 
+MAX_EULER_STEPS = 10**6  # the demo refuses a dt that asks for more
+
 def _say(quiet):
     return (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
@@ -640,17 +642,22 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         "sphere, y_i = sin(3 <u, x_i>) for a random unit u\ninit: A ~ N(0, 1/m), W ~ N(0, 2/d), "
         f"v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {_rho(params.A, gamma):.4f}"
         + (f"\nplot: {plot_error} (the run goes on without it)" if plot_error else ""))
-    tick = time.perf_counter()
     Z0, _ = equilibrium(params, X, gamma)
     if not Z0.any():
         raise ValueError("Z(0) = 0: every ReLU unit is off at initialisation, so the gradient "
                          "is 0 and GD cannot move; change the seed, d or m")
     lr_source, lr = ("given", lr) if lr else ("1 / ||Z(0)||_2^2", 1 / np.linalg.norm(Z0, 2) ** 2)
-    check = gradient_check(params, X, y, gamma, seed=seed)
-    estimate = steps * (time.perf_counter() - tick) / 4  # the check: ~8 solves; a step: ~1
+    euler = (t_end or 0.5 * steps * lr) / (dt or 0.5 * lr)  # at most; GD may stop earlier
+    if euler > MAX_EULER_STEPS:
+        raise ValueError(f"dt = {dt:g} asks for up to {euler:.3g} Euler steps (t_end / dt), "
+                         f"over {MAX_EULER_STEPS:.0e}: use a larger dt")
+    step = float(np.median(timeit.repeat(lambda: loss_and_grad(params, X, y, gamma), number=1,
+                                         repeat=3)))  # a cold step: warm ones cost less
+    estimate = (steps + min(euler, steps)) * step
     if estimate > 30:
-        say(f"estimated time: up to about {estimate:.0f} s ({steps} GD and at most as many "
-            "Euler steps; GD stops at its target)")
+        say(f"estimated time: up to about {estimate:.0f} s ({steps} GD and {min(euler, steps):.0f} "
+            "Euler steps at most, a step timed 3 times; GD stops at its target)")
+    check = gradient_check(params, X, y, gamma, seed=seed)
     say("gradient check (central differences, h = 1e-6, random directions): " + (
         f"max rel error {check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v "
         f"{check['v']:.1e}); min |H_ij| = {check['min_abs_H']:.1e}" if check["mask_certified"]
@@ -669,7 +676,9 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     rate_obs = linear_rate(loss[up], np.flatnonzero(up)) if up.sum() > 1 else math.nan
     pl = pl_ratios(hist)[lam > 0]
     pl_holds = bool((pl >= 1.0).all()) if pl.size else None  # None: lambda_min = 0, no certificate
-    say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps;"
+    stopped = f" (step {k + 1} stopped it)" if failure else ""  # as "stopped at GD step k + 1"
+    say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps"
+        f"{stopped};"
         f" max certified gamma ||A||_2 = {rho_max:.4f}: " + ("well-posed at every step" if rho_max
                                                                < 1 else "NOT well-posed") +
         f" ({hist['norm_refreshes']} exact norm computations)\nGD: linear rate per step: observed "
@@ -723,7 +732,7 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
              else "no certified rate (lambda_min = 0)")
     verdict = {None: "not evaluated", True: "held", False: "FAILED"}
     say(f"summary: {'reached' if reached else 'did NOT reach'} {target:g} of the initial loss in "
-        f"{k} GD steps; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; {speed}; "
+        f"{k} GD steps{stopped}; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; {speed}; "
         f"PL {verdict[pl_holds]}; Gronwall certificate {verdict[gf_holds]}" + "".join(
             f"; {run}: {cause}" for run, cause in why.items()) + f"; {s['seconds']:.1f} s"
         + (f"\nplot written to {plot}" if s["plot"] else f"\nplot: {plot_error}" if plot else ""))
@@ -884,9 +893,17 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
     repeats, pairs = _number("repeats", repeats, True), _number("pairs", pairs, True)
     _fits(f"bench with N = {N}, m = {m}", N, d, m)
     (X, y), params = make_data(N, d, seed=seed), init_params(d, m, seed=seed)
-    say(f"bench: N = {N}, m = {m}, d = {d}, gamma = {gamma}, tol = 1e-12, median of {repeats}")
-    Z, out = np.random.default_rng(seed).standard_normal((N, m)), np.empty((N, m))  # (N, m)
+    def cost(n, mm, dd):  # seconds of one cold loss_and_grad, the median of 3
+        p, (Xc, yc) = init_params(dd, mm, seed=seed), make_data(n, dd, seed=seed)
+        return float(np.median(timeit.repeat(lambda: loss_and_grad(p, Xc, yc, gamma), number=1,
+                                             repeat=3)))
     _, _, info = loss_and_grad(params, X, y, gamma, return_info=True)  # also warms BLAS up
+    t, t_quarter, t_demo = cost(N, m, d), cost(max(1, N // 4), max(1, m // 2), d), cost(32, 64, 16)
+    say(f"bench: N = {N}, m = {m}, d = {d}, gamma = {gamma}, tol = 1e-12, median of {repeats}; "
+        f"estimated time about {(repeats + 6) * t + pairs * 82 * t_quarter:.0f} s, and up to "
+        f"{pairs * 6000 * t_demo:.0f} s more at the demo's problem (a cold step timed 3 times)\n"
+        f"  timing one loss_and_grad against one product, {repeats} times interleaved ...")
+    Z, out = np.random.default_rng(seed).standard_normal((N, m)), np.empty((N, m))  # (N, m)
     k_f, k_b = info["forward"]["iterations"], info["adjoint"]["iterations"]
     t_gemm, t_norm, t = [], [], []
     for _ in range(repeats):  # interleaved: all three see the same load
@@ -899,6 +916,7 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
     say(f"  one (N x m)(m x m) product: {t_gemm * 1e3:.2f} ms; norm_bound(A): {t_norm * 1e3:.1f} ms"
         f"\n  loss_and_grad: {t * 1e3:.1f} ms, K_f = {k_f}, K_b = {k_b} sweeps; time / ((K_f + "
         f"K_b + 3) t_gemm) = {ratio:.3f}, of which norm_bound(A) {norm_share:.3f}")
+    say("  peak memory of one loss_and_grad at tol 1e-4 and 1e-12 ...")
     memory = {}  # in (N m + m^2) float64 words, and the sweeps
     for tol in (1e-4, 1e-12):
         solves = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)[2]
@@ -912,6 +930,10 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
         """Median wall time of GD warm over cold, in `pairs` alternating runs; sweep ratio."""
         (Xw, yw), pw = make_data(n, dd, seed=seed), init_params(dd, mm, seed=seed)
         Zw, _ = equilibrium(pw, Xw, gamma)
+        say(f"  warm against cold GD at N = {n}, m = {mm}, d = {dd}, {pairs} pairs ...")
+        if not Zw.any():  # every unit off: no gradient, lr = 1 / ||Z(0)||^2 undefined
+            say("  warm/cold: not run: Z(0) = 0 (every ReLU unit off at initialisation)")
+            return math.nan, math.nan
         lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
         ratios, hist, seconds = [], {}, {}
         for _ in range(pairs):
@@ -1211,7 +1233,7 @@ def _report(rows, problems, cases, prints, seen, canonical):
             if at in cases:
                 cases[at]["canonical_note"] = f"not a canonical case: against {canon!r}, it {what}"
         elif not seen:
-            why = "not compared: no case was read" + (f" ({problems[0]})" if problems else "")
+            why = "not compared: no case was read (see the problems)"
         else:
             why = f"no case has its inputs bit for bit, and the file has no {at} to compare"
         missing.append(canon)
@@ -1283,7 +1305,8 @@ def _case_names(members, get, problems, max_work, max_bytes):
                                f"{names[worst]}, whose certified rho is {rhos[worst]:.6g})"))
             return []
         if rhos is None:  # the sweeps from each case's certified rho, before any sweep
-            rhos = [_case_rho(get, name) for name in names]
+            rhos = [_case_rho(get, name) if all(f"{name}/{k}" in members for k in OUTPUTS[:6])
+                    else math.nan for name in names]  # not solved without its outputs
             sweeps = [_sweeps(rho) if 0 <= rho < 1 else 0 for rho in rhos]
     return names
 
@@ -1385,8 +1408,8 @@ def _verify_cli(args):
         for key in case["not_checked"]:
             unchecked.setdefault(key, []).append(name)
     for key, names in unchecked.items():
-        print(f"not checked: {key}, absent from {len(names)} cases ({', '.join(names[:3])}"
-              f"{', ...' * (len(names) > 3)}): the file predates it")
+        print(f"not checked: {key}, absent from {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
+              f" ({len(names)} of {len(cases)} cases): the file predates it")
     print("".join(f"problem: {problem}\n" for problem in report["problems"]), end="")
     done, missing = len(canon["reproduced"]), canon["missing"]
     print(f"canonical cases reproduced: {done} of {done + len(missing)}" + "".join(
