@@ -732,7 +732,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
              else "no certified rate (lambda_min = 0)")
     verdict = {None: "not evaluated", True: "held", False: "FAILED"}
     say(f"summary: {'reached' if reached else 'did NOT reach'} {target:g} of the initial loss in "
-        f"{k} GD steps{stopped}; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; {speed}; "
+        f"{k} GD steps{stopped}; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; "
+        f"{speed}; "
         f"PL {verdict[pl_holds]}; Gronwall certificate {verdict[gf_holds]}" + "".join(
             f"; {run}: {cause}" for run, cause in why.items()) + f"; {s['seconds']:.1f} s"
         + (f"\nplot written to {plot}" if s["plot"] else f"\nplot: {plot_error}" if plot else ""))
@@ -1251,7 +1252,7 @@ def _sweeps(rho, tol=REFERENCE_TOL, max_iter=10_000):
     k_tol = log(tol (1 - rho) / 4) / log(rho), unless rounding blocks it: delta reaches float64's
     floor by k_floor = 1 + log(eps / 2) / log(rho), and it stops patience = 10 + 2 / (1 - rho)
     sweeps later; _tightest then solves again at the tol it certified, in no more sweeps. Each
-    try stops at max_iter. So S <= max(min(max_iter, k_tol), 2 min(max_iter, k_floor + patience))."""
+    try stops at max_iter: S <= max(min(max_iter, k_tol), 2 min(max_iter, k_floor + patience))."""
     rho = max(rho, EPS)
     k_tol = math.log(tol * (1 - rho) / 4) / math.log(rho)
     k_floor = 1 + math.log(EPS / 2) / math.log(rho) + 10 + 2 / (1 - rho)
@@ -1291,10 +1292,9 @@ def _case_names(members, get, problems, max_work, max_bytes):
                             f"{32 * N * m / 2**20:.4g} MB, over max_mb = {max_bytes / 2**20:g}")
             return []
         sizes.append((N, m, d, steps))
-    def work(sweeps):
-        return sum(2**25 + 4 * m**3 + (steps + 1) * (2**22 + 4 * N * m * d + (2 * S + 2) * N * m
-                                                     * (m + 10))
-                   for (N, m, d, steps), S in zip(sizes, sweeps))
+    def work(sweeps):  # CASE_WORK
+        return sum(2**25 + 4 * m**3 + (steps + 1) * (2**22 + 4 * N * m * d + (2 * S + 2) * N * m *
+                   (m + 10)) for (N, m, d, steps), S in zip(sizes, sweeps))
     rhos, sweeps = None, [1] * len(names)  # first one sweep a solve: a bound before reading A
     for _ in range(2):
         if work(sweeps) > max_work:

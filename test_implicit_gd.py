@@ -91,7 +91,7 @@ def test_copyable_core_budgets_and_marker():
     assert lines.count(MARKER) == 1
     core = lines[:lines.index(MARKER)]
     assert len(core) <= 500, len(core)
-    assert len(lines) < 1300, len(lines)
+    assert len(lines) < 1500, len(lines)  # DESIGN.md: the whole file under 1500
     long = [i + 1 for i, line in enumerate(core) if len(line) > 100]
     assert not long, f"core lines over 100 characters: {long}"
 
