@@ -1363,7 +1363,8 @@ def _parser():
     s.add_argument("--d", type=_integer, default=8, help="input dimension d (default 8)")
     s.add_argument("--seeds", type=_integer, default=3, help="seeds per row (default 3)")
     s.add_argument("--steps", type=_integer, default=1500, help="GD steps per run (default 1500)")
-    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 25 s)")
+    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 50 s "
+            "with one BLAS thread)")
     s.add_argument("--n", type=_integer, default=1024, help="samples N (default 1024)")
     s.add_argument("--m", type=_integer, default=1024, help="width m (default 1024)")
     s.add_argument("--d", type=_integer, default=64, help="input dimension d (default 64)")
