@@ -515,8 +515,8 @@ def pl_ratios(history, gram="Z"):
     where lambda_k Phi_k <= 0 (nothing to check)."""
     key = {"Z": "lambda_min", "theta": "lambda_theta"}.get(gram, gram)
     if key not in history or (gram == "Z" and "v" not in history.get("train", ())):
-        raise ValueError(f"gram must be 'Z' or 'theta', from training with {key}=True"
-                         + " and v trained" * (gram == "Z") + f"; got gram = {gram!r}")
+        raise ValueError(f"history must come from training with {key}=True" + " and v trained"
+                         * (gram == "Z") + f", and gram be 'Z' or 'theta' (got {gram!r})")
     lower = 2.0 * history[key] * history["loss"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(lower > 0, history["grad_norm"] ** 2 / lower, np.inf)
@@ -626,6 +626,8 @@ def make_data(N, d, *, seed=0):
 
 # ---- demo and sweep: the paper's two claims, runnable ----
 
+MAX_EULER_STEPS = 10**6  # the demo refuses a dt that asks for more
+
 def _say(quiet):
     return (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
@@ -671,17 +673,22 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         "sphere, y_i = sin(3 <u, x_i>) for a random unit u\ninit: A ~ N(0, 1/m), W ~ N(0, 2/d), "
         f"v ~ N(0, 1/m); certified gamma ||A(0)||_2 <= {_rho(params.A, gamma):.4f}"
         + (f"\nplot: {plot_error} (the run goes on without it)" if plot_error else ""))
-    tick = time.perf_counter()
     Z0, _ = equilibrium(params, X, gamma)
     if not Z0.any():
         raise ValueError("Z(0) = 0: every ReLU unit is off at initialisation, so the gradient "
                          "is 0 and GD cannot move; change the seed, d or m")
     lr_source, lr = ("given", lr) if lr else ("1 / ||Z(0)||_2^2", 1 / np.linalg.norm(Z0, 2) ** 2)
-    check = gradient_check(params, X, y, gamma, seed=seed)
-    estimate = steps * (time.perf_counter() - tick) / 4  # the check: ~8 solves; a step: ~1
+    euler = (t_end or 0.5 * steps * lr) / (dt or 0.5 * lr)  # at most; GD may stop earlier
+    if euler > MAX_EULER_STEPS:
+        raise ValueError(f"dt = {dt:g} asks for up to {euler:.3g} Euler steps (t_end / dt), "
+                         f"over {MAX_EULER_STEPS:.0e}: use a larger dt")
+    step = float(np.median(timeit.repeat(lambda: loss_and_grad(params, X, y, gamma), number=1,
+                                         repeat=3)))  # a cold step: warm ones cost less
+    estimate = (steps + min(euler, steps)) * step
     if estimate > 30:
-        say(f"estimated time: up to about {estimate:.0f} s ({steps} GD and at most as many "
-            "Euler steps; GD stops at its target)")
+        say(f"estimated time: up to about {estimate:.0f} s ({steps} GD and {min(euler, steps):.0f} "
+            "Euler steps at most, a step timed 3 times; GD stops at its target)")
+    check = gradient_check(params, X, y, gamma, seed=seed)
     say("gradient check (central differences, h = 1e-6, random directions): " + (
         f"max rel error {check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v "
         f"{check['v']:.1e}); min |H_ij| = {check['min_abs_H']:.1e}" if check["mask_certified"]
@@ -700,7 +707,9 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     rate_obs = linear_rate(loss[up], np.flatnonzero(up)) if up.sum() > 1 else math.nan
     pl = pl_ratios(hist)[lam > 0]
     pl_holds = bool((pl >= 1.0).all()) if pl.size else None  # None: lambda_min = 0, no certificate
-    say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps;"
+    stopped = f" (step {k + 1} stopped it)" if failure else ""  # as "stopped at GD step k + 1"
+    say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps"
+        f"{stopped};"
         f" max certified gamma ||A||_2 = {rho_max:.4f}: " + ("well-posed at every step" if rho_max
                                                                < 1 else "NOT well-posed") +
         f" ({hist['norm_refreshes']} exact norm computations)\nGD: linear rate per step: observed "
@@ -754,7 +763,8 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
              else "no certified rate (lambda_min = 0)")
     verdict = {None: "not evaluated", True: "held", False: "FAILED"}
     say(f"summary: {'reached' if reached else 'did NOT reach'} {target:g} of the initial loss in "
-        f"{k} GD steps; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; {speed}; "
+        f"{k} GD steps{stopped}; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; "
+        f"{speed}; "
         f"PL {verdict[pl_holds]}; Gronwall certificate {verdict[gf_holds]}" + "".join(
             f"; {run}: {cause}" for run, cause in why.items()) + f"; {s['seconds']:.1f} s"
         + (f"\nplot written to {plot}" if s["plot"] else f"\nplot: {plot_error}" if plot else ""))
@@ -915,9 +925,17 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
     repeats, pairs = _number("repeats", repeats, True), _number("pairs", pairs, True)
     _fits(f"bench with N = {N}, m = {m}", N, d, m)
     (X, y), params = make_data(N, d, seed=seed), init_params(d, m, seed=seed)
-    say(f"bench: N = {N}, m = {m}, d = {d}, gamma = {gamma}, tol = 1e-12, median of {repeats}")
-    Z, out = np.random.default_rng(seed).standard_normal((N, m)), np.empty((N, m))  # (N, m)
+    def cost(n, mm, dd):  # seconds of one cold loss_and_grad, the median of 3
+        p, (Xc, yc) = init_params(dd, mm, seed=seed), make_data(n, dd, seed=seed)
+        return float(np.median(timeit.repeat(lambda: loss_and_grad(p, Xc, yc, gamma), number=1,
+                                             repeat=3)))
     _, _, info = loss_and_grad(params, X, y, gamma, return_info=True)  # also warms BLAS up
+    t, t_quarter, t_demo = cost(N, m, d), cost(max(1, N // 4), max(1, m // 2), d), cost(32, 64, 16)
+    say(f"bench: N = {N}, m = {m}, d = {d}, gamma = {gamma}, tol = 1e-12, median of {repeats}; "
+        f"estimated time about {(repeats + 6) * t + pairs * 82 * t_quarter:.0f} s, and up to "
+        f"{pairs * 6000 * t_demo:.0f} s more at the demo's problem (a cold step timed 3 times)\n"
+        f"  timing one loss_and_grad against one product, {repeats} times interleaved ...")
+    Z, out = np.random.default_rng(seed).standard_normal((N, m)), np.empty((N, m))  # (N, m)
     k_f, k_b = info["forward"]["iterations"], info["adjoint"]["iterations"]
     t_gemm, t_norm, t = [], [], []
     for _ in range(repeats):  # interleaved: all three see the same load
@@ -930,6 +948,7 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
     say(f"  one (N x m)(m x m) product: {t_gemm * 1e3:.2f} ms; norm_bound(A): {t_norm * 1e3:.1f} ms"
         f"\n  loss_and_grad: {t * 1e3:.1f} ms, K_f = {k_f}, K_b = {k_b} sweeps; time / ((K_f + "
         f"K_b + 3) t_gemm) = {ratio:.3f}, of which norm_bound(A) {norm_share:.3f}")
+    say("  peak memory of one loss_and_grad at tol 1e-4 and 1e-12 ...")
     memory = {}  # in (N m + m^2) float64 words, and the sweeps
     for tol in (1e-4, 1e-12):
         solves = loss_and_grad(params, X, y, gamma, tol=tol, return_info=True)[2]
@@ -943,6 +962,10 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
         """Median wall time of GD warm over cold, in `pairs` alternating runs; sweep ratio."""
         (Xw, yw), pw = make_data(n, dd, seed=seed), init_params(dd, mm, seed=seed)
         Zw, _ = equilibrium(pw, Xw, gamma)
+        say(f"  warm against cold GD at N = {n}, m = {mm}, d = {dd}, {pairs} pairs ...")
+        if not Zw.any():  # every unit off: no gradient, lr = 1 / ||Z(0)||^2 undefined
+            say("  warm/cold: not run: Z(0) = 0 (every ReLU unit off at initialisation)")
+            return math.nan, math.nan
         lr = 1.0 / np.linalg.norm(Zw, 2) ** 2
         ratios, hist, seconds = [], {}, {}
         for _ in range(pairs):
@@ -975,18 +998,26 @@ def bench(*, N=1024, m=1024, d=64, repeats=5, seed=0, pairs=3, quiet=False):
 #   meta/version () = 1, meta/cases () = C                                    integers
 #   case{c}/A (m, m), W (m, d), v (m,), X (N, d), y (N,), gamma ()            inputs
 #   case{c}/Z (N, m), yhat (N,), loss (), dA (m, m), dW (m, d), dv (m,)       outputs at theta
+#   case{c}/dX (N, d), dPhi/dX = G W: optional (older files lack it; verify names it unchecked)
 #   optional, all or none, a GD trajectory: case{c}/train (3,) (1 where A, W, v move), lr (),
 #     steps (), gd_A, gd_W, gd_v (theta after `steps` steps), gd_loss (steps + 1,)
 #   optional: case{c}/tol (), the tolerance the writer solved to
-# Arrays are real numbers (bool, int or float, any byte order), .npy format 1.0 or 2.0.
+# Arrays are real numbers (bool, int or float, any byte order), .npy format 1.0 or 2.0. Any
+# other key is a problem, named.
 
 GOLDEN_VERSION = 1
-INPUTS, OUTPUTS = ("A", "W", "v", "X", "y", "gamma"), ("Z", "yhat", "loss", "dA", "dW", "dv")
+INPUTS, OUTPUTS = ("A", "W", "v", "X", "y", "gamma"), ("Z", "yhat", "loss", "dA", "dW", "dv", "dX")
 GD_INPUTS, GD_OUTPUTS = ("train", "lr", "steps"), ("gd_A", "gd_W", "gd_v", "gd_loss")
+UNCHECKED_IF_ABSENT = ("dX",)  # outputs that older files lack: named as not checked
+CASE_KEYS = INPUTS + OUTPUTS + GD_INPUTS + GD_OUTPUTS + ("tol",)
 REFERENCE_TOL = 1e-13  # the tolerance export solves at, and verify first tries
 KINK_NOTE = "at a ReLU kink: compared under ReLU'(0) = 0"
-STEP_WORK = "N (m + d) (m + 10) + 2^18"  # a GD step's cost, ~1 ns a unit here: its products,
-# N m (m + d), about 10 passes over X and Z, and a fixed 2^18 (~0.25 ms)
+# verify's work model of a case, in multiply-adds (~0.05 ns each here): a fixed 2^25 (reading
+# its members, the Python around it: ~1.5 ms), two eigensolves for rho (4 m^3), and per GD step
+# a fixed 2^22, the N m d products, and (2 S + 2) passes of N m (m + 10): S sweeps a solve can
+# need (_sweeps), for the equilibrium and the adjoint, and the gradients' products
+CASE_WORK = "2^25 + 4 m^3 + (steps + 1) (2^22 + 4 N m d + (2 S + 2) N m (m + 10))"
+DIRECTORY_FACTOR = 16  # the zip's directory, parsed, takes up to ~16 times its bytes in memory
 
 def _canonical_cases(seed=0):
     """The canonical cases, [(name, inputs)]: a kink (a dead unit), frozen parameters, m = N and
@@ -1048,9 +1079,28 @@ def export_golden(path, seed=0, inputs_only=False):
         np.savez(f, **arrays)
     return len(cases)
 
-def _members(zf, max_bytes, problems):
-    """Every member's .npy header, read and checked before any data: {key: (info, shape)}."""
-    members, total = {}, 0
+def _directory_bytes(path):
+    """The size of a zip's central directory, from its end record (zip64's too); None if the
+    record is not found (zipfile then says why)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 22 - 65535))  # the end record, 22 bytes, and its comment
+        tail = f.read()
+        i = tail.rfind(b"PK\x05\x06")
+        if i < 0 or len(tail) < i + 22:
+            return None
+        size = int.from_bytes(tail[i + 12:i + 16], "little")
+        if size == 0xFFFFFFFF and i >= 20 and tail[i - 20:i - 16] == b"PK\x06\x07":  # zip64
+            f.seek(int.from_bytes(tail[i - 12:i - 4], "little"))
+            record = f.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                size = int.from_bytes(record[40:48], "little")
+    return size
+
+def _members(zf, max_bytes, problems, total=0):
+    """Every member's .npy header, read and checked before any data: {key: (info, shape)}.
+    A member counts its uncompressed size, the larger of its header's and the zip's."""
+    members = {}
     for info in zf.infolist():
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         try:
@@ -1083,17 +1133,20 @@ def _fingerprint(case, keys):
     return hashlib.sha256(b"".join(str(np.shape(case[k])).encode() + np.asarray(
         case[k], np.float64).tobytes() for k in keys)).digest()
 
-def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10):
+def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=3e11):
     """error = max |ours - theirs| / max |ours| per case and quantity, ours recomputed from the
     file's inputs at the tightest tol certified: 1e-13 where float64 allows, and there the
     limit is rtol, else max(rtol, 10 solve_tol). At a ReLU kink: compared under ReLU'(0) = 0.
-    Every member's header is checked before any data is read; a file over max_mb (uncompressed,
-    and a case's solve: four (N, m) float64 arrays) or max_work (the sum of STEP_WORK (steps +
-    1)) is refused before any solve; a case without all its outputs, or with Z not (N, m), is
-    not solved. Returns a dict: passed; rows, (case, quantity, error, limit, passed, note);
-    problems, each a named line; cases, per case solve_tol, kink, canonical (its name);
-    canonical, the canonical cases reproduced and those missing (a problem with
-    canonical=True). Raises OSError or ValueError if path is not an .npz at all."""
+    NaN in theirs: error nan, a failure. Before any data is read, a file is refused (a named
+    problem) over max_mb, counting the members uncompressed, DIRECTORY_FACTOR times the zip's
+    directory, and a case's solve (eight (N, m) float64 arrays), or over max_work, the sum of
+    CASE_WORK (the sweeps S from each case's certified rho: one eigensolve, before any sweep).
+    A case without all its outputs, or with Z not (N, m), is not solved; one without dX (an
+    older file) is, and dX is named in not_checked. Returns a dict: passed; rows, (case,
+    quantity, error, limit, passed, note); problems, each a named line; cases, per solved case
+    solve_tol, kink, canonical (its canonical name, or None) and canonical_note (always a
+    sentence), not_checked; canonical: reproduced, missing, and reasons {name: why not}. Raises
+    OSError or ValueError if path is not a readable .npz at all."""
     rtol, max_mb, max_work = map(_number, ("rtol", "max_mb", "max_work"), (rtol, max_mb, max_work))
     if not os.path.isfile(path):
         raise OSError(f"{path}: " + ("a directory" if os.path.isdir(path) else "no such file"))
@@ -1101,11 +1154,21 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
         with open(path, "rb") as f:
             kind = "a single .npy array, not" if f.read(6) == b"\x93NUMPY" else "not"
         raise ValueError(f"{path}: {kind} an .npz (zip) archive")
-    rows, problems, cases, prints = [], [], {}, {}
-    with zipfile.ZipFile(path) as zf:
-        members = _members(zf, max_mb * 2**20, problems)
+    rows, problems, cases, prints, seen, max_bytes = [], [], {}, {}, {}, max_mb * 2**20
+    canonical_count = len(_canonical_cases())  # case0, ...: where export writes them
+    directory = _directory_bytes(path) or 0
+    if DIRECTORY_FACTOR * directory > max_bytes:  # zipfile would parse it all, at once
+        problems.append(f"refused: the zip's directory is {directory / 2**20:.4g} MB, and "
+                        f"parsed ({DIRECTORY_FACTOR}x) over max_mb = {max_mb:g}: too many members")
+        return _report(rows, problems, cases, prints, seen, canonical)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
+        raise ValueError(f"{path}: not a readable zip archive ({e})") from None
+    with zf:
+        members = _members(zf, max_bytes, problems, DIRECTORY_FACTOR * directory)
 
-        def get(key, shape=None):
+        def get(key, shape=None, problems=problems):
             if key not in members:
                 problems.append(f"missing key {key}")
                 return None
@@ -1120,8 +1183,8 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
                 return None
             return a
         names = [] if problems and not members else _case_names(  # an empty zip: meta/ missing
-            members, get, problems, max_work, max_mb * 2**20)
-        for name in names:
+            members, get, problems, max_work, max_bytes)
+        for c, name in enumerate(names):
             gd = [f"{name}/{k}" in members for k in GD_INPUTS + GD_OUTPUTS]
             if any(gd) and not all(gd[:3]):
                 problems.append(f"{name}: a GD trajectory needs all of {', '.join(GD_INPUTS)}")
@@ -1130,11 +1193,15 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
             keys = INPUTS + GD_INPUTS * gd
             case = {k: get(f"{name}/{k}", () if k in ("gamma", "lr", "steps") else None)
                     for k in keys}
+            if c < canonical_count:  # where export writes canonical case c: its bits
+                seen[name] = {k: _fingerprint(case, [k]) for k in keys if case[k] is not None}
             if any(value is None for value in case.values()):
                 continue
             prints.update({_fingerprint(case, INPUTS): name, _fingerprint(case, keys): name})
             outputs = OUTPUTS + GD_OUTPUTS * gd  # all there, and Z (N, m), before solving:
             absent = [k for k in outputs if f"{name}/{k}" not in members]  # Z bounds the memory
+            unchecked = [k for k in absent if k in UNCHECKED_IF_ABSENT]
+            absent = [k for k in absent if k not in unchecked]
             shape = np.shape(case["X"])[:1] + np.shape(case["A"])[:1]
             if absent or members[f"{name}/Z"][1] != shape:
                 problems.append(f"{name}: not solved: " + (f"missing {', '.join(absent)}" if absent
@@ -1149,37 +1216,83 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=5e10)
                 problems.append(f"{name}: inputs refused: {e}")
                 continue
             limit = rtol if tol == REFERENCE_TOL else max(rtol, 10 * tol)
-            cases[name] = {"solve_tol": tol, "kink": not certified, "canonical": None}
+            cases[name] = {"solve_tol": tol, "kink": not certified, "canonical": None,
+                           "canonical_note": "not a canonical case: its inputs are no canonical "
+                           "case's, bit for bit", "not_checked": unchecked}
+            for key in unchecked:
+                del ours[key]
             for key, value in ours.items():
                 theirs = get(f"{name}/{key}", np.shape(value))
                 if theirs is not None:
                     theirs = theirs.astype(np.float64, copy=False)  # then in place: no more memory
                     with np.errstate(invalid="ignore", over="ignore"):  # nan or inf in theirs
                         theirs -= value
-                        err = float(np.abs(theirs, out=theirs).max())
+                        err = float(np.abs(theirs, out=theirs).max())  # nan if theirs has one
                     err /= max(float(value.max()), -float(value.min())) or 1.0  # / max |ours|
-                    err = err if math.isfinite(err) else math.inf  # nan or inf in theirs
                     note = [] if certified or key in ("Z", "yhat", "loss") else [
                         KINK_NOTE if err <= limit else "differs at a ReLU kink"]
                     note += [] if tol == REFERENCE_TOL else [f"solved to {tol:g}: limit {limit:g}"]
+                    note += ["theirs holds NaN"] if math.isnan(err) else []
                     rows.append((name, key, err, limit, err <= limit, "; ".join(note)))
-    reproduced, missing = [], []
-    for canon, case in _canonical_cases():
-        name = prints.get(_fingerprint(case, [k for k in INPUTS + GD_INPUTS if k in case]))
-        if name in cases:
-            cases[name]["canonical"] = canon
-        ok = name in cases and all(r[4] for r in rows if r[0] == name)
-        (reproduced if ok else missing).append(canon)
+    return _report(rows, problems, cases, prints, seen, canonical)
+
+def _report(rows, problems, cases, prints, seen, canonical):
+    """verify_golden's result: for each canonical case, the file's case with its inputs bit for
+    bit (prints), whether it is reproduced, and if not, why (seen: the bits of case0, ...)."""
+    reproduced, missing, reasons = [], [], {}
+    for c, (canon, case) in enumerate(_canonical_cases()):
+        keys = [k for k in INPUTS + GD_INPUTS if k in case]
+        name, at = prints.get(_fingerprint(case, keys)), f"case{c}"
+        failing = [f"{r[1]} (error {r[2]:.3g}, limit {r[3]:g})" for r in rows
+                   if r[0] == name and not r[4]]
+        own = [p for p in problems if name and p.startswith((f"{name}:", f"{name}/"))]
+        if name in cases and not failing and not own:
+            reproduced.append(canon)
+            cases[name].update(canonical=canon, canonical_note=f"reproduces {canon!r}")
+            continue
+        if name is not None:
+            why = f"{name} has its inputs; " + "; ".join(
+                [f"it fails {', '.join(failing)}"] * bool(failing) + own)
+            if name in cases:
+                cases[name].update(canonical=canon, canonical_note=f"not reproduced: {why}")
+        elif at in seen:
+            differ = [k for k in keys if k in seen[at] and seen[at][k] != _fingerprint(case, [k])]
+            lack = [k for k in keys if k not in seen[at]]
+            what = "; ".join([f"differs in {', '.join(differ)}"] * bool(differ) +
+                             [f"lacks {', '.join(lack)}"] * bool(lack))
+            why = f"no case has its inputs bit for bit; {at}, where export writes it, {what}"
+            if at in cases:
+                cases[at]["canonical_note"] = f"not a canonical case: against {canon!r}, it {what}"
+        elif not seen:
+            why = "not compared: no case was read (see the problems)"
+        else:
+            why = f"no case has its inputs bit for bit, and the file has no {at} to compare"
+        missing.append(canon)
+        reasons[canon] = why
     if canonical and missing:
-        problems.append("canonical cases missing or failing: " + ", ".join(map(repr, missing)))
+        problems.append("canonical cases missing or failing: " + "; ".join(
+            f"{canon!r} ({reasons[canon]})" for canon in missing))
     return {"passed": bool(rows) and not problems and all(r[4] for r in rows), "rows": rows,
             "problems": problems, "cases": cases,
-            "canonical": {"reproduced": reproduced, "missing": missing}}
+            "canonical": {"reproduced": reproduced, "missing": missing, "reasons": reasons}}
+
+def _sweeps(rho, tol=REFERENCE_TOL, max_iter=10_000):
+    """S, the sweeps one solve can need, retry included, at rate rho (_fixed_point's stop rules).
+    From a cold start delta_1 <= 2 ||S*|| and delta_k <= rho^(k-1) delta_1. It certifies tol by
+    k_tol = log(tol (1 - rho) / 4) / log(rho), unless rounding blocks it: delta reaches float64's
+    floor by k_floor = 1 + log(eps / 2) / log(rho), and it stops patience = 10 + 2 / (1 - rho)
+    sweeps later; _tightest then solves again at the tol it certified, in no more sweeps. Each
+    try stops at max_iter: S <= max(min(max_iter, k_tol), 2 min(max_iter, k_floor + patience))."""
+    rho = max(rho, EPS)
+    k_tol = math.log(tol * (1 - rho) / 4) / math.log(rho)
+    k_floor = 1 + math.log(EPS / 2) / math.log(rho) + 10 + 2 / (1 - rho)
+    return math.ceil(max(min(max_iter, k_tol), 2 * min(max_iter, k_floor)))
 
 def _case_names(members, get, problems, max_work, max_bytes):
     """The case prefixes, if meta/ agrees with the file and the limits hold (else [])."""
     version, count = get("meta/version", ()), get("meta/cases", ())
-    present = {key.split("/")[0] for key in members if key.startswith("case")}
+    present = sorted({key.split("/")[0] for key in members if key.startswith("case")},
+                     key=lambda prefix: (len(prefix), prefix))  # case2 before case10
     if version is None or count is None:
         return []
     if version.dtype.kind not in "iu" or version != GOLDEN_VERSION:
@@ -1187,27 +1300,67 @@ def _case_names(members, get, problems, max_work, max_bytes):
                         f"{GOLDEN_VERSION}")
         return []
     if count.dtype.kind not in "iu" or not 1 <= count <= len(present) or \
-            present != {f"case{c}" for c in range(int(count))}:
-        problems.append(f"meta/cases = {count.item()!r} does not match the {len(present)} case "
-                        "prefixes in the file")
+            set(present) != {f"case{c}" for c in range(int(count))}:
+        wanted = "case0/..." + (f" to case{int(count) - 1}/..." if count.dtype.kind in "iu" and
+                                2 <= count <= 10**6 else "")
+        found = ", ".join(f"{p}/..." for p in present[:4]) + ", ..." * (len(present) > 4)
+        problems.append(f"meta/cases = {count.item()!r} does not match the file: expected the "
+                        f"keys {wanted} (case{{c}}/A, W, ...); found {len(present)} case "
+                        f"prefixes: {found or 'none'}")
         return []
-    names, work = [f"case{c}" for c in range(int(count))], 0
+    names = [f"case{c}" for c in range(int(count))]
+    problems += [f"{key}: unknown key (a case holds {', '.join(CASE_KEYS)})" for key in
+                 members if key not in ("meta/version", "meta/cases") and key.partition("/")[2]
+                 not in CASE_KEYS]
+    sizes = []  # N, m, d, steps; then the work with one sweep a solve: a bound from below
     for name in names:
         steps = get(f"{name}/steps", ()) if f"{name}/steps" in members else 0
-        steps = float(steps) if steps is not None and np.isfinite(steps) else 0.0
+        steps = max(float(steps), 0.0) if steps is not None and np.isfinite(steps) else 0.0
         (m, _), (N, d) = ((members.get(f"{name}/{k}", (None, ()))[1] + (0, 0))[:2] for k in "AX")
-        work += (N * (m + d) * (m + 10) + 2**18) * (max(steps, 0.0) + 1)
-        if 32 * N * m > max_bytes:  # a solve holds about four (N, m) float64 arrays at once
-            problems.append(f"refused: {name} needs four ({N}, {m}) float64 arrays to solve, "
-                            f"{32 * N * m / 2**20:.4g} MB, over max_mb = {max_bytes / 2**20:g}")
+        if 64 * N * m > max_bytes:  # a solve and its certificate: eight (N, m) arrays at once
+            problems.append(f"refused: {name} needs eight ({N}, {m}) float64 arrays to solve, "
+                            f"{64 * N * m / 2**20:.4g} MB, over max_mb = {max_bytes / 2**20:g}")
             return []
-    if work > max_work:
-        problems.append(f"refused: the cases need ({STEP_WORK}) (steps + 1) = {work:.3g}, over "
-                        f"max_work = {max_work:g}")
-        return []
+        sizes.append((N, m, d, steps))
+    def work(sweeps):  # CASE_WORK
+        return sum(2**25 + 4 * m**3 + (steps + 1) * (2**22 + 4 * N * m * d + (2 * S + 2) * N * m *
+                   (m + 10)) for (N, m, d, steps), S in zip(sizes, sweeps))
+    rhos, sweeps = None, [1] * len(names)  # first one sweep a solve: a bound before reading A
+    for _ in range(2):
+        if work(sweeps) > max_work:
+            worst = None if rhos is None else max(range(len(names)), key=sweeps.__getitem__)
+            problems.append(f"refused: the cases need {CASE_WORK} = {work(sweeps):.3g} multiply-"
+                            f"adds{' at least' * (rhos is None)}, over max_work = {max_work:g}"
+                            + ("" if worst is None else f" (S = {sweeps[worst]} sweeps in "
+                               f"{names[worst]}, whose certified rho is {rhos[worst]:.6g})"))
+            return []
+        if rhos is None:  # the sweeps from each case's certified rho, before any sweep
+            rhos = [_case_rho(get, name) if all(f"{name}/{k}" in members for k in OUTPUTS[:6])
+                    else math.nan for name in names]  # not solved without its outputs
+            sweeps = [_sweeps(rho) if 0 <= rho < 1 else 0 for rho in rhos]
     return names
 
+def _case_rho(get, name):
+    """gamma norm_bound(A) of a case, the solve's own rho; nan where the inputs would be refused
+    (the solve then names why, before any sweep)."""
+    quiet = []
+    A, gamma = get(f"{name}/A", problems=quiet), get(f"{name}/gamma", (), problems=quiet)
+    try:
+        return _number("gamma", gamma) * norm_bound(A)
+    except (TypeError, ValueError, ArithmeticError):
+        return math.nan
+
 # ---- command line ----
+
+def _integer(text):
+    """An integer option: 1000 or an integral float spelling such as 1e3; 1.5 is refused."""
+    try:
+        value = float(text)
+        if value.is_integer():
+            return int(text) if text.strip().lstrip("+-").isdigit() else int(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be an integer (1000 or 1e3), got {text!r}")
 
 def _parser():
     p = argparse.ArgumentParser(
@@ -1218,33 +1371,34 @@ def _parser():
     def add(name, help, seed=True):
         s = sub.add_parser(name, help=help, description=help)
         if seed:
-            s.add_argument("--seed", type=int, default=0, help="random seed >= 0 (default 0)")
+            s.add_argument("--seed", type=_integer, default=0, help="random seed >= 0 (default 0)")
         s.add_argument("--json", action="store_true", help="print a JSON summary as the last "
                        "line ('error' if it fails; null for a number that is not finite)")
         return s
 
     s = add("demo", "train a linear-width network by GD and gradient flow, certify, summarise. "
             "Its cost grows like steps N m^2: about 1 s at the defaults, minutes at --n 200")
-    s.add_argument("--n", type=int, default=32, help="samples N (default 32)")
-    s.add_argument("--d", type=int, default=16, help="input dimension d (default 16)")
-    s.add_argument("--m", type=int, default=None, help="width m (default 2 N)")
+    s.add_argument("--n", type=_integer, default=32, help="samples N (default 32)")
+    s.add_argument("--d", type=_integer, default=16, help="input dimension d (default 16)")
+    s.add_argument("--m", type=_integer, default=None, help="width m (default 2 N)")
     s.add_argument("--gamma", type=float, default=0.25, help="scale gamma (default 0.25)")
     s.add_argument("--lr", type=float, default=None, help="GD step (default 1/||Z(0)||_2^2)")
-    s.add_argument("--steps", type=int, default=3000, help="GD steps at most (default 3000)")
+    s.add_argument("--steps", type=_integer, default=3000, help="GD steps at most (default 3000)")
     s.add_argument("--dt", type=float, default=None, help="Euler step (default lr / 2)")
     s.add_argument("--plot", metavar="PATH", help="write the figure of the run: PNG, or PDF/SVG "
                    "by the extension (needs matplotlib; exit 1 if it cannot be written)")
     s = add("sweep", "width and gamma sweeps: the paper's two claims as tables (about 11 s; the "
             "cost grows like seeds steps N^3)")
-    s.add_argument("--n", type=int, default=16, help="samples N (default 16)")
-    s.add_argument("--d", type=int, default=8, help="input dimension d (default 8)")
-    s.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
-    s.add_argument("--steps", type=int, default=1500, help="GD steps per run (default 1500)")
-    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 25 s)")
-    s.add_argument("--n", type=int, default=1024, help="samples N (default 1024)")
-    s.add_argument("--m", type=int, default=1024, help="width m (default 1024)")
-    s.add_argument("--d", type=int, default=64, help="input dimension d (default 64)")
-    s.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
+    s.add_argument("--n", type=_integer, default=16, help="samples N (default 16)")
+    s.add_argument("--d", type=_integer, default=8, help="input dimension d (default 8)")
+    s.add_argument("--seeds", type=_integer, default=3, help="seeds per row (default 3)")
+    s.add_argument("--steps", type=_integer, default=1500, help="GD steps per run (default 1500)")
+    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 50 s "
+            "with one BLAS thread)")
+    s.add_argument("--n", type=_integer, default=1024, help="samples N (default 1024)")
+    s.add_argument("--m", type=_integer, default=1024, help="width m (default 1024)")
+    s.add_argument("--d", type=_integer, default=64, help="input dimension d (default 64)")
+    s.add_argument("--repeats", type=_integer, default=5, help="timed calls (default 5)")
     s = add("export", "write the canonical golden test vectors (.npz)")
     s.add_argument("path", help="output .npz file")
     s.add_argument("--inputs-only", action="store_true", help="the inputs alone, to fill in")
@@ -1256,9 +1410,12 @@ def _parser():
     s.add_argument("--canonical", action="store_true", help="fail unless the file holds every "
                    "canonical case (export's), with bit-identical inputs")
     s.add_argument("--max-mb", type=float, default=64, help="refuse files holding more than "
-                   "this, uncompressed, or a case needing more in 4 (N, m) arrays (default 64)")
-    s.add_argument("--max-work", type=float, default=5e10, help="refuse files needing more than "
-                   f"this, the sum of ({STEP_WORK}) (steps + 1) (default 5e10, 1 min)")
+                   f"this, uncompressed (the zip's directory counts {DIRECTORY_FACTOR} times), or "
+                   "a case needing more in 8 (N, m) arrays (default 64)")
+    s.add_argument("--max-work", type=float, default=3e11, help="refuse files needing more "
+                   f"multiply-adds than this, the sum over cases of {CASE_WORK}, S the sweeps a "
+                   "solve can need from the case's certified rho (default 3e11: 15 s here, 30 s "
+                   "under load)")
     return p
 
 def _finite(x):
@@ -1270,22 +1427,33 @@ def _finite(x):
 def _verify_cli(args):
     report = verify_golden(args.path, rtol=args.rtol, canonical=args.canonical,
                            max_mb=args.max_mb, max_work=args.max_work)
-    print(f"{'case':<7} {'quantity':<8} {'max rel error':>13}  result (rtol {args.rtol:g})")
+    cases, canon = report["cases"], report["canonical"]
+    label = {name: f"{name} {case['canonical'] or ''}".rstrip() for name, case in cases.items()}
+    width = max(map(len, label.values()), default=4)
+    print(f"{'case':<{width}} {'quantity':<8} {'max rel error':>13}  result (rtol {args.rtol:g})")
     for case, key, err, limit, passed, note in report["rows"]:
-        print(f"{case:<7} {key:<8} {err:>13.2e}  {'pass' if passed else 'FAIL'}"
+        print(f"{label[case]:<{width}} {key:<8} {err:>13.2e}  {'pass' if passed else 'FAIL'}"
               + (f"  ({note})" if note else ""))
+    unchecked = {}
+    for name, case in cases.items():
+        for key in case["not_checked"]:
+            unchecked.setdefault(key, []).append(name)
+    for key, names in unchecked.items():
+        print(f"not checked: {key}, absent from {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
+              f" ({len(names)} of {len(cases)} cases): the file predates it")
     print("".join(f"problem: {problem}\n" for problem in report["problems"]), end="")
-    canon = report["canonical"]
-    missing, done = ", ".join(map(repr, canon["missing"])), len(canon["reproduced"])
-    print(f"canonical cases reproduced: {done} of {done + len(canon['missing'])}"
-          + f"; missing or failing: {missing}" * bool(missing))
+    done, missing = len(canon["reproduced"]), canon["missing"]
+    print(f"canonical cases reproduced: {done} of {done + len(missing)}" + "".join(
+        f"\n  not reproduced: {name!r}: {canon['reasons'][name]}" for name in missing))
     failed = [f"{case}/{key}" for case, key, *_, passed, _ in report["rows"] if not passed]
     print("verify: " + ("passed" if report["passed"] else f"FAILED ({len(failed)} quantities "
                         f"failed, {len(report['problems'])} problems)"))
+    errors = [r[2] for r in report["rows"]]
     return int(not report["passed"]), {
         "path": args.path, "rtol": args.rtol, "passed": report["passed"], "failed": failed,
-        "problems": report["problems"], "checked": len(report["rows"]), "cases": report["cases"],
-        "max_error": max((r[2] for r in report["rows"]), default=None), "canonical": canon}
+        "problems": report["problems"], "checked": len(report["rows"]), "cases": cases,
+        "not_checked": unchecked, "canonical": canon, "max_error": math.nan if any(
+            map(math.isnan, errors)) else max(errors, default=None)}
 
 def main(argv=None):
     """The command line, `python implicit_gd.py {demo,sweep,bench,export,verify} ...`. Returns

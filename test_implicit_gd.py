@@ -91,7 +91,7 @@ def test_copyable_core_budgets_and_marker():
     assert lines.count(MARKER) == 1
     core = lines[:lines.index(MARKER)]
     assert len(core) <= 500, len(core)
-    assert len(lines) < 1300, len(lines)
+    assert len(lines) < 1500, len(lines)  # DESIGN.md: the whole file under 1500
     long = [i + 1 for i, line in enumerate(core) if len(line) > 100]
     assert not long, f"core lines over 100 characters: {long}"
 
@@ -1009,7 +1009,7 @@ def test_export_then_verify_passes(golden, capsys):
     assert all(notes[k] == ig.KINK_NOTE for k in ("dA", "dW", "dv", "gd_A", "gd_W", "gd_v"))
 
 
-KINK_LINE = re.compile(r"case\d+\s+dA .*pass\s+\(at a ReLU kink: compared under ReLU'\(0\) = 0\)")
+KINK_LINE = re.compile(r"case\d+ dead unit\s+dA .*pass\s+\(at a ReLU kink: compared under ReLU'\(0\) = 0\)")
 
 
 def test_exported_values_agree_with_an_independent_implementation(golden):
@@ -1115,14 +1115,14 @@ def test_verify_compares_every_output_relative_to_ours(golden, tmp_path):
     assert row(err)[4] and not row(np.nextafter(err, 0.0))[4]
 
 
-OUTPUT_KEYS = {"Z", "yhat", "loss", "dA", "dW", "dv", "gd_A", "gd_W", "gd_v", "gd_loss"}
+OUTPUT_KEYS = {"Z", "yhat", "loss", "dA", "dW", "dv", "dX", "gd_A", "gd_W", "gd_v", "gd_loss"}
 
 
 def test_gradient_only_files_pass(golden, tmp_path):
     arrays = {k: v for k, v in read_npz(golden).items()
               if k.split("/")[-1] not in ("train", "lr", "steps", "gd_A", "gd_W", "gd_v", "gd_loss")}
     report = ig.verify_golden(write_npz(tmp_path / "grad_only.npz", arrays))
-    assert report["passed"] and len(report["rows"]) == 6 * 10
+    assert report["passed"] and len(report["rows"]) == 7 * 10  # with dX
     frozen = {"A frozen", "W frozen", "v frozen", "tiny", "dead unit"}  # those with a trajectory
     assert set(report["canonical"]["missing"]) == frozen
     report = ig.verify_golden(tmp_path / "grad_only.npz", canonical=True)
@@ -1493,12 +1493,20 @@ def test_parameters_that_leave_the_range_stop_training_at_the_next_step():
         np.testing.assert_array_equal(p, q)
 
 
-def test_the_work_limit_is_the_step_cost_times_steps_plus_one(golden, tmp_path):
-    def step(c):  # a GD step's cost model: N m (m + d) products, ~10 passes, a fixed 2^18
-        (N, d), m = c["X"].shape, len(c["v"])
-        return N * (m + d) * (m + 10) + 2**18
+def model_work(c):
+    """verify's documented work model of a case (CASE_WORK): S, the sweeps a solve can need at
+    the certified rho, retry included: max(min(10^4, k_tol), 2 min(10^4, k_floor + patience))."""
+    (N, d), m, steps, eps = c["X"].shape, len(c["v"]), int(c.get("steps", 0)), np.finfo(float).eps
+    rho = max(float(c["gamma"]) * ig.norm_bound(c["A"]), eps)
+    k_tol = math.log(1e-13 * (1 - rho) / 4) / math.log(rho)
+    k_floor = 1 + math.log(eps / 2) / math.log(rho) + 10 + 2 / (1 - rho)
+    S = math.ceil(max(min(10_000, k_tol), 2 * min(10_000, k_floor)))
+    return 2**25 + 4 * m**3 + (steps + 1) * (2**22 + 4 * N * m * d + (2 * S + 2) * N * m * (m + 10))
+
+
+def test_the_work_limit_is_the_case_cost_with_its_sweeps(golden, tmp_path):
     cases = cases_of(read_npz(golden))
-    work = sum(step(c) * (int(c.get("steps", 0)) + 1) for c in cases.values())
+    work = sum(map(model_work, cases.values()))
     assert ig.verify_golden(golden, max_work=work)["passed"]
     report = ig.verify_golden(golden, max_work=work - 1)
     assert not report["rows"] and "max_work" in report["problems"][0]
@@ -1520,20 +1528,22 @@ def zero_outputs_file(path, N, m, d):
     return write_npz(path, arrays)
 
 
-def test_max_mb_also_bounds_the_solve_four_n_by_m_arrays(tmp_path):
-    path = zero_outputs_file(tmp_path / "wide.npz", 1000, 100, 1)  # members ~1 MB, 32 N m = 3.05 MB
-    report = ig.verify_golden(path, max_mb=2)
+def test_max_mb_also_bounds_the_solve_eight_n_by_m_arrays(tmp_path):
+    """Measured: one case's solve and certificate peak at 7.8 N m words (tracemalloc)."""
+    path = zero_outputs_file(tmp_path / "wide.npz", 1000, 100, 1)  # members ~1 MB, 64 N m = 6.1 MB
+    report = ig.verify_golden(path, max_mb=6)
     assert not report["rows"] and report["problems"] == [
-        "refused: case0 needs four (1000, 100) float64 arrays to solve, 3.052 MB, over max_mb = 2"]
-    report = ig.verify_golden(path, max_mb=3.1)
+        "refused: case0 needs eight (1000, 100) float64 arrays to solve, 6.104 MB, over max_mb = 6"]
+    report = ig.verify_golden(path, max_mb=6.2)
     assert report["rows"] and not report["problems"] and not report["passed"]
 
 
 def test_a_wide_input_costs_its_n_m_d_products(tmp_path):
-    path = zero_outputs_file(tmp_path / "d.npz", 200, 4, 2000)  # N m^2 = 3200; with d: 1.1e7
-    assert ig.verify_golden(path, max_work=2**18 + 3200 + 10**6)["problems"][0].startswith(
+    path = zero_outputs_file(tmp_path / "d.npz", 200, 4, 2000)  # 4 N m d = 6.4e6
+    work = model_work(cases_of(read_npz(path))["case0"])
+    assert ig.verify_golden(path, max_work=work - 4 * 200 * 4 * 2000)["problems"][0].startswith(
         "refused: the cases need")
-    assert ig.verify_golden(path, max_work=200 * 2004 * 14 + 2**18)["rows"]
+    assert ig.verify_golden(path, max_work=work)["rows"]
 
 
 # ---- exact rational references at float64's edges ----
