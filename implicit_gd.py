@@ -530,6 +530,45 @@ def gronwall_bound(loss0, lambda_mins, h):
     lam = np.maximum(_array("lambda_mins", lambda_mins, (None,), ranged=False), 0.0)  # < 0: 0
     return loss0 * np.exp(-2.0 * h * np.concatenate([[0.0], np.cumsum(lam[:-1])]))  # (n + 1,)
 
+# ---- the infinite-width kernel ----
+#
+# K = lim_(m -> inf) Z Z^T / m at initialisation, A_ij ~ N(0, a / m), W_ij ~ N(0, w / d) (a, w:
+# A_VARIANCE, W_VARIANCE). Unit k's pre-activations over the samples, h_ik = gamma sum_l A_kl
+# z_il + sum_j W_kj x_ij, are in the limit jointly Gaussian with covariance
+#     S = gamma^2 a K + b,   b = (w / d) X X^T
+# (the solve applies A, never A^T: the tying leaves this limit as it is, as the suite measures),
+# so K = F(S), F the ReLU expectation E[relu(h_ik) relu(h_jk)], with s_i = sqrt(S_ii):
+#     F(S)_ij = s_i s_j (sin t + (pi - t) cos t) / (2 pi),   cos t = S_ij / (s_i s_j)
+# (0 where s_i s_j = 0, a zero row of X; cos t clipped to [-1, 1] against rounding). On the
+# diagonal t = 0, F(S)_ii = S_ii / 2: K_ii = b_ii / (2 - gamma^2 a) in closed form. With it
+# fixed, entry ij's map moves with K_ij alone, with slope gamma^2 a (pi - t) / (2 pi) in [0, q],
+# q = gamma^2 a / 2 < 1: a contraction entrywise, so in Frobenius norm, and _fixed_point
+# certifies it with rho = q. beta: b's rounding and F's dozen steps, (d / 2 + 16) eps s_i s_j an
+# entry (a model with margin; the suite checks it against extended precision). The finite
+# network needs more, gamma ||A||_2 < 1: with ||A||_2 ~ 2 sqrt(a), gamma below about 0.5.
+
+def kernel(X, gamma, *, tol=1e-12, max_iter=10_000):
+    """K = F(gamma^2 a K + (w / d) X X^T), the limit of Z Z^T / m at initialisation: (K, info),
+    info the solve's (rho is q = gamma^2 a / 2) and lambda_0 = lambda_min(K), the PL constant
+    the width claim rests on."""
+    X, gamma = _array("X", X, (None, None)), _number("gamma", gamma, ranged=True)
+    tol, max_iter = _number("tol", tol), _number("max_iter", max_iter, integer=True)
+    q, (N, d) = gamma**2 * A_VARIANCE / 2, X.shape
+    if q >= 1:
+        raise ValueError(f"gamma must be below sqrt(2 / A_VARIANCE) = "
+                         f"{math.sqrt(2 / A_VARIANCE):.6g} for K to exist, got {gamma!r}")
+    b = (W_VARIANCE / d) * (X @ X.T)  # (N, N)
+    Kd = np.diag(b) / (2 - 2 * q)  # (N,) K_ii, in closed form
+    ss = 2 * np.sqrt(np.outer(Kd, Kd))  # (N, N) s_i s_j, S_ii = 2 K_ii
+    def F(K, out):  # F(gamma^2 a K + b), the diagonal in closed form
+        c = np.divide(2 * q * K + b, ss, out=np.zeros_like(b), where=ss > 0).clip(-1, 1)
+        t = np.arccos(c)  # (N, N)
+        np.multiply(ss, (np.sin(t) + (np.pi - t) * c) / (2 * np.pi), out=out)
+        np.fill_diagonal(out, Kd)
+    beta = (d / 2 + 16) * EPS * np.linalg.norm(ss)
+    K, _, info = _fixed_point(F, np.diag(Kd), q, tol, max_iter, "kernel", beta)
+    return K, {**info, "lambda_0": float(np.linalg.eigvalsh(K)[0])}
+
 # ---- end of the copyable core ----
 
 # Below the core: the tools around it, with the standard library's help.
@@ -647,10 +686,11 @@ def _fits(what, N, d, m, extra=0):
 def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t_end=None,
          dt=None, seed=0, log_every=100, plot=None, quiet=False):
     """Train a linear-width network by GD and by the Euler gradient flow, certifying as it goes:
-    a gradient check; GD with its observed and certified (2 lr min_k lambda_min) linear rates
-    and the PL inequality at every step; the flow against the Gronwall certificate. m is 2 N,
-    lr 1 / ||Z(0)||_2^2 (the curvature in v), t_end half GD's time and dt lr / 2 by default.
-    Returns the summary (keys in the README); "passed" is its verdict."""
+    the infinite-width kernel's lambda_0 against lambda_min(Z0 Z0^T) / m; a gradient check; GD
+    with its observed linear rate beside the PL rates 2 lr min_k lambda_min of Z Z^T and of
+    Theta, and both PL inequalities at every step; the flow against both Gronwall bounds. m is
+    2 N, lr 1 / ||Z(0)||_2^2 (the curvature in v), t_end half GD's time and dt lr / 2 by
+    default. Returns the summary (keys in the README); "passed" is its verdict."""
     say, start = _say(quiet), time.perf_counter()
     N, d = _number("N", N, integer=True), _number("d", d, integer=True)
     m = 2 * N if m is None else _number("m", m, integer=True)
@@ -688,6 +728,9 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
     if estimate > 30:
         say(f"estimated time: up to about {estimate:.0f} s ({steps} GD and {min(euler, steps):.0f} "
             "Euler steps at most, a step timed 3 times; GD stops at its target)")
+    lambda_0 = kernel(X, gamma)[1]["lambda_0"]
+    say(f"kernel: lambda_0 = lambda_min(K) = {lambda_0:.3e}, K = lim Z0 Z0^T / m; at m = {m}, "
+        f"lambda_min(Z0 Z0^T) / (m lambda_0) = {lambda_min(Z0) / (m * lambda_0):.3f}")
     check = gradient_check(params, X, y, gamma, seed=seed)
     say("gradient check (central differences, h = 1e-6, random directions): " + (
         f"max rel error {check['max']:.1e} (A {check['A']:.1e}, W {check['W']:.1e}, v "
@@ -696,39 +739,47 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
         + f"\nGD: lr = {lr:.4g} ({lr_source}), until loss <= {target:g} loss(0) or {steps} steps")
     why, failure, gf_failure, rho_lost = {}, None, None, 0.0  # why: each early stop's cause
     try:
-        _, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target,
-                                   lambda_min=True, log_every=log_every)
+        final, hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target,
+                                       lambda_min=True, lambda_theta=True, log_every=log_every)
     except TrainingError as e:
-        hist, failure, why["GD"] = e.history, str(e), e.reason
+        final, hist, failure, why["GD"] = e.params, e.history, str(e), e.reason
         rho_lost = e.rho if e.reason == "ill-posed" else 0.0  # the step that lost it counts
         say(f"GD stopped: {e}")
     loss, lam, k = hist["loss"], hist["lambda_min"], len(hist["loss"]) - 1
     rho_max, rate_cert, up = max(float(hist["rho"].max()), rho_lost), 2 * lr * lam.min(), loss > 0
+    rate_theta = 2 * lr * max(float(hist["lambda_theta"].min()), 0.0)
     rate_obs = linear_rate(loss[up], np.flatnonzero(up)) if up.sum() > 1 else math.nan
-    pl = pl_ratios(hist)[lam > 0]
+    pl, pl_theta = pl_ratios(hist)[lam > 0], pl_ratios(hist, "theta")
     pl_holds = bool((pl >= 1.0).all()) if pl.size else None  # None: lambda_min = 0, no certificate
+    # r tends to Theta's bottom eigenvector, so its ratio tends to 1: 1e-9 allows the rounding
+    # of both sides (each certified to about 1e-12) and of the eigensolve
+    theta_holds = bool((pl_theta >= 1.0 - 1e-9).all())
+    exact = [gamma * float(np.linalg.norm(p.A, 2)) for p in (params, final)]  # by an SVD
     stopped = f" (step {k + 1} stopped it)" if failure else ""  # as "stopped at GD step k + 1"
     say(f"GD: loss {loss[0]:.4e} -> {loss[-1]:.4e} (ratio {loss[-1] / loss[0]:.1e}) in {k} steps"
         f"{stopped};"
         f" max certified gamma ||A||_2 = {rho_max:.4f}: " + ("well-posed at every step" if rho_max
                                                                < 1 else "NOT well-posed") +
-        f" ({hist['norm_refreshes']} exact norm computations)\nGD: linear rate per step: observed "
-        f"{rate_obs:.3e} (slope of log loss), certified " + (
-            f"{rate_cert:.3e} (2 lr min_k lambda_min(Z_k Z_k^T), the PL rate)" if rate_cert > 0
-            else "none (lambda_min(Z Z^T) = 0: Z has rank below N)") + f"; min lambda_min = "
-        f"{lam.min():.3e}\nGD: PL inequality ||grad||^2 >= 2 lambda_min(Z Z^T) Phi at every step: "
-        + ("not evaluated (lambda_min = 0 throughout)" if pl_holds is None else
-           f"{'yes' if pl_holds else 'NO'} (smallest ratio {pl.min():.3g})"))
+        f" ({hist['norm_refreshes']} exact norm computations; exact {exact[0]:.4f} at step 0, "
+        f"{exact[1]:.4f} at step {k})\nGD: linear rate per step: observed {rate_obs:.3e} (slope "
+        f"of log loss); PL rates 2 lr min_k lambda_min (the flow's, no guarantee for GD): Theta "
+        f"{rate_theta:.3e}, Z Z^T " + (f"{rate_cert:.3e}" if rate_cert > 0 else
+                                       "none (lambda_min(Z Z^T) = 0: Z has rank below N)")
+        + f"\nGD: PL inequality ||grad||^2 >= 2 lambda_min Phi at every step: Theta "
+        f"{'yes' if theta_holds else 'NO'} (smallest ratio {pl_theta.min():.3g}), "
+        f"Z Z^T " + ("not evaluated (lambda_min = 0 throughout)" if pl_holds is None else
+                     f"{'yes' if pl_holds else 'NO'} (smallest ratio {pl.min():.3g})"))
     t_end, dt = t_end or 0.5 * max(k, 1) * lr, dt or 0.5 * lr
     say(f"GF: explicit Euler, dt = {dt:.4g}, t_end = {t_end:.4g}")
     try:
         _, gf = gradient_flow(params, X, y, gamma, t_end=t_end, dt=dt, lambda_min=True,
-                              log_every=2 * log_every)
+                              lambda_theta=True, log_every=2 * log_every)
     except TrainingError as e:
         gf, gf_failure, why["GF"] = e.history, str(e), e.reason
         say(f"GF stopped: {e}")
-    bound = gronwall_bound(gf["loss"][0], gf["lambda_min"], gf["h"])
-    worst = float(np.max(gf["loss"][1:] / bound[1:])) if len(bound) > 1 else math.nan
+    bound, bound_theta = (gronwall_bound(gf["loss"][0], gf[key], gf["h"]) for key in
+                          ("lambda_min", "lambda_theta"))
+    worst = float(np.max(gf["loss"][1:] / bound_theta[1:])) if len(bound) > 1 else math.nan
     gf_holds = None if len(bound) < 2 else bool(worst <= 1.0 + 1e-12)  # 1e-12: rounding
     # The flow's loss falls at the rate -||grad||^2; an Euler step that raises it, or (where
     # the certificate fails) moves it by more than half off -h ||grad||^2, is too large.
@@ -741,60 +792,87 @@ def demo(*, N=32, d=16, m=None, gamma=0.25, lr=None, steps=3000, target=1e-10, t
                       f"smaller dt than {gf['h']:.4g}")
     t_reached = float(gf["h"] * (len(gf["loss"]) - 1))
     say(f"GF: loss(t = {t_reached:.4g}) / loss(0) = {gf['loss'][-1] / gf['loss'][0]:.2e}; "
-        "Gronwall certificate Phi(t) <= Phi(0) exp(-2 int_0^t lambda_min): " + (
+        "Gronwall certificate Phi(t) <= Phi(0) exp(-2 int_0^t lambda_min(Theta)) (so the weaker "
+        "one with Z Z^T): " + (
             "not evaluated (no step taken)" if gf_holds is None else
             f"{'yes' if gf_holds else 'NO'} at all {len(bound) - 1} times t > 0 (max Phi / "
             f"bound = {worst:.3g})") + ("" if gf_failure is None else f"; {gf_failure}"))
     reached = bool(loss[-1] <= target * loss[0])
     if plot and plot_error is None:
-        plot_error = _plot(plot, title, hist, gf, bound, lr, rate_cert)
+        plot_error = _plot(plot, title, hist, gf, (bound, bound_theta), lr, exact, (
+            f"lambda_0 = lambda_min(K) = {lambda_0:.3g}\nlambda_min(Z0 Z0^T) / (m lambda_0) = "
+            f"{lambda_min(Z0) / (m * lambda_0):.3f}\n\nGD's linear rate per step:\n  observed "
+            f"{rate_obs:.3g}\n  PL rate of Theta {rate_theta:.3g}\n  PL rate of Z Z^T "
+            f"{rate_cert:.3g}\n(2 lr min_k lambda_min: the flow's rates, no guarantee for GD)"))
     s = {"N": N, "d": d, "m": m, "gamma": gamma, "seed": seed, "lr": lr, "steps": k,
          "loss_initial": float(loss[0]), "loss_final": float(loss[-1]), "reached_target": reached,
          "rho_max": rho_max, "well_posed_throughout": rho_max < 1, "rate_observed": rate_obs,
          "rate_certified": float(rate_cert), "lambda_min_min": float(lam.min()),
-         "pl_holds": pl_holds, "failure": failure, "gradcheck_max_error": check["max"],
+         "rate_pl_theta": rate_theta, "lambda_0": lambda_0, "width_ratio": lambda_min(Z0) / (
+             m * lambda_0), "rho_exact": exact,
+         "pl_holds": pl_holds, "pl_theta_holds": theta_holds, "failure": failure, "gradcheck_max_error": check["max"],
          "gf_t_end": t_reached, "gf_dt": gf["h"], "gf_failure": gf_failure,
          "gf_loss_final": float(gf["loss"][-1]), "gf_certificate_holds": gf_holds,
          "gf_certificate_max_ratio": worst, "plot": str(plot) if plot and not plot_error else
          None, "plot_error": plot_error, "seconds": time.perf_counter() - start,
-         "passed": reached and rho_max < 1 and not why and False not in (pl_holds, gf_holds)}
+         "passed": reached and rho_max < 1 and not why and False not in (pl_holds, theta_holds,
+                                                                           gf_holds)}
     speed = ("no rate (fewer than two losses)" if not math.isfinite(rate_obs) else
-             f"observed rate {rate_obs / rate_cert:.1f}x the certified one" if rate_cert > 0
-             else "no certified rate (lambda_min = 0)")
+             f"observed rate {rate_obs / rate_theta:.1f}x the Theta PL rate" + (
+                 f", {rate_obs / rate_cert:.1f}x the Z Z^T one" if rate_cert > 0 else
+                 "; no certified rate from Z Z^T (lambda_min = 0)") if rate_theta > 0 else
+             "no certified rate (lambda_min = 0)")
     verdict = {None: "not evaluated", True: "held", False: "FAILED"}
     say(f"summary: {'reached' if reached else 'did NOT reach'} {target:g} of the initial loss in "
         f"{k} GD steps{stopped}; {'well-posed throughout' if rho_max < 1 else 'NOT well-posed'}; "
         f"{speed}; "
-        f"PL {verdict[pl_holds]}; Gronwall certificate {verdict[gf_holds]}" + "".join(
+        f"PL with Theta {verdict[theta_holds]}, with Z Z^T {verdict[pl_holds]}; Gronwall "
+        f"certificate {verdict[gf_holds]}" + "".join(
             f"; {run}: {cause}" for run, cause in why.items()) + f"; {s['seconds']:.1f} s"
         + (f"\nplot written to {plot}" if s["plot"] else f"\nplot: {plot_error}" if plot else ""))
     return s
 
-def _plot(path, title, hist, gf, bound, lr, rate):
-    """The run as a figure (150 dpi PNG, or PDF/SVG by the extension); None, or the error."""
+def _plot(path, title, hist, gf, bounds, lr, exact, notes):
+    """The run as a figure, GD and the flow on one time axis t = k lr, to the flow's end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(2, 2, figsize=(10, 7.5))
-    k = np.arange(len(hist["loss"]))
-    ax[0, 0].semilogy(k, hist["loss"], label="GD loss")
-    if rate > 0:
-        ax[0, 0].semilogy(k, hist["loss"][0] * np.exp(-rate * k), "--",
-                          label=f"PL-certified rate 2 lr min lambda_min = {rate:.2e}")
-    ax[0, 1].semilogy(gf["t"], gf["loss"], label="Euler gradient flow")
-    ax[0, 1].semilogy(gf["t"], bound, "--", label="Gronwall: Phi(0) exp(-2 int lambda_min)")
-    ax[1, 0].plot(k, hist["rho"], label="certified gamma ||A_k||_2")
-    ax[1, 0].axhline(1.0, color="k", lw=0.8, ls=":", label="1: the edge of well-posedness")
-    ax[1, 1].plot(k, hist["lambda_min"], label="lambda_min(Z_k Z_k^T)")
-    ax[1, 0].set_ylim(0, max(1.05, 1.05 * hist["rho"].max()))
-    ax[1, 1].set_ylim(0, 1.1 * max(hist["lambda_min"].max(), 1e-300))
-    for a, labels in zip(ax.flat, [("gradient descent", "GD step k", "loss Phi(theta_k)"),
-                                   ("gradient flow", "time t", "loss Phi(theta(t))"),
-                                   ("well-posedness", "GD step k", "gamma ||A_k||_2"),
-                                   ("PL constant", "GD step k", "lambda_min(Z_k Z_k^T)")]):
-        a.set(**dict(zip(("title", "xlabel", "ylabel"), labels)))
-        a.legend(fontsize=8)
+    fig, ax = plt.subplots(2, 3, figsize=(15, 8))
+    k, t = np.arange(len(hist["loss"])), gf["t"]
+    shared = k * lr <= t[-1]  # GD up to the flow's end: a shared, stated t
+    ax[0, 0].semilogy(k[shared] * lr, hist["loss"][shared], label="GD, t = k lr")
+    ax[0, 0].semilogy(t, gf["loss"], "--", label="Euler gradient flow")
+    for key, name in (("lambda_theta", "Theta"), ("lambda_min", "Z Z^T")):
+        rate = 2 * max(hist[key].min(), 0.0)  # per unit time: 2 lr min lambda / lr
+        ax[0, 0].semilogy(t, hist["loss"][0] * np.exp(-rate * t), ":", label=f"PL rate of "
+                          f"{name}: 2 min lambda = {rate:.3g}")
+    ax[0, 1].semilogy(t, gf["loss"], label="Euler gradient flow")
+    for bound, name in zip(bounds, ("Z Z^T", "Theta")):
+        ax[0, 1].semilogy(t, bound, "--", label=f"Gronwall: Phi(0) exp(-2 int lambda_min({name}))")
+    ax[0, 2].plot(k, hist["rho"], label="certified bound of gamma ||A_k||_2 (running)")
+    ax[0, 2].plot([0, k[-1]], exact, "o", label="exact gamma ||A_k||_2 (SVD), first and last")
+    ax[0, 2].axhline(1.0, color="k", lw=0.8, ls=":", label="1: the edge of well-posedness")
+    ax[0, 2].set_ylim(0, 1.05)
+    for key, name in (("lambda_theta", "Theta_k"), ("lambda_min", "Z_k Z_k^T")):
+        ax[1, 0].semilogy(k, np.maximum(hist[key], 1e-300), label=f"lambda_min({name})")
+        ax[1, 1].semilogy(k, pl_ratios(hist, key), label=f"with {name}")
+    ax[1, 1].axhline(1.0, color="k", lw=0.8, ls=":", label="1: the PL inequality's edge")
+    labels = [(f"GD and gradient flow, to t = {t[-1]:.3g} (the flow's end)", "time t", "loss"),
+              ("gradient flow", "time t", "loss"),
+              ("well-posedness", "GD step k", "gamma ||A_k||_2"),
+              ("PL constants", "GD step k", "lambda_min"),
+              ("PL ratio ||grad||^2 / (2 lambda_min Phi)", "GD step k", "ratio (>= 1)")]
+    for a, label, where in zip(ax.flat, labels, ["center right", "lower left"] + ["best"] * 3):
+        a.set(**dict(zip(("title", "xlabel", "ylabel"), label)))
+        a.legend(fontsize=7, loc=where)
+    ax[1, 2].axis("off")
+    ax[1, 2].text(0.05, 0.95, notes, va="top", family="monospace", fontsize=9)
     fig.suptitle(f"Implicit ReLU network, GD and gradient flow ({title}; lr = {lr:.3g})")
+    return _save(fig, path)
+
+def _save(fig, path):
+    """fig to path (150 dpi PNG, or PDF/SVG by the extension): None, or the error."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     try:
         fig.savefig(path, dpi=150)
@@ -901,6 +979,139 @@ def format_sweep(result):
                      f"{r['rho_end_exact']:>12.4f}  {r['well_posed_runs']:>4d}/{r['runs']:<5d}  "
                      f"{r['loss_ratio_final']:>10.2e}  {r['forward_sweeps_per_step']:>11.1f}")
     return "\n".join(lines)
+
+# ---- widths: the title claim, a width linear in N, across N ----
+
+def _crossing(ratios, values, level=0.5):
+    """The smallest m / N at which values reach level, linear in log(m / N) between grid
+    points; None if never."""
+    for k, (r, v) in enumerate(zip(ratios, values)):
+        if v >= level:
+            return float(r) if k == 0 else float(np.exp(np.interp(
+                level, [values[k - 1], v], [math.log(ratios[k - 1]), math.log(r)])))
+    return None
+
+def _alpha(Ns, crossings):
+    """alpha in m* ~ N^alpha, m* = crossing N: the least-squares slope in log-log (nan if the
+    crossings of fewer than 2 N are known)."""
+    pts = [(math.log(N), math.log(c * N)) for N, c in zip(Ns, crossings) if c is not None]
+    return float(np.polyfit(*zip(*pts), 1)[0]) if len(pts) > 1 else math.nan
+
+def widths(*, Ns=(16, 32, 64, 128, 256), d=16, gamma=0.25, ratios=(1, 1.5, 2, 3, 4, 6, 8),
+           seeds=(0, 1, 2), train_max_N=64, target=1e-8, cap=1000, quiet=False):
+    """The width claim across N. For each N and seed s (make_data(N, d, s), init_params(d, m,
+    s)): lambda_0 = lambda_min(K) and the ratio lambda_min(Z0 Z0^T) / (m lambda_0) at m = ratio
+    N; m*(N) / N, the smallest ratio at which every seed's reaches 1/2; alpha in m* ~ N^alpha,
+    m* interpolated in log(m / N) at its crossing of 1/2 (per seed too, for the spread). Then GD
+    at m*(N) for N <= train_max_N, seed seeds[0], lr = 1 / ||Z(0)||_2^2, for 2 ln(1 / target) /
+    (2 lr lambda_min(Theta_0)) steps, at most cap: its observed rate beside the PL rates 2 lr
+    min_k lambda_min of Z Z^T and of Theta; "reached" target, else "still converging at rate"
+    (the last quarter's, at least a tenth of Theta's), else "stalled"."""
+    say, start = _say(quiet), time.perf_counter()
+    d, gamma, seeds = _number("d", d, integer=True), _number("gamma", gamma), list(seeds)
+    Ns, ratios = [_number("N", N, integer=True) for N in Ns], [_number("ratio", r) for r in ratios]
+    target, cap = _number("target", target), _number("cap", cap, integer=True)
+    if len(Ns) < 2 or not seeds or ratios != sorted(ratios):
+        raise ValueError("widths needs two N or more, a seed, and ratios in increasing order")
+    lam0 = {(N, s): kernel(make_data(N, d, seed=s)[0], gamma)[1]["lambda_0"] for N in Ns
+            for s in seeds}
+    def ratio(N, r, s):  # lambda_min(Z0 Z0^T) / (m lambda_0)
+        m = max(1, round(r * N))
+        Z0 = equilibrium(init_params(d, m, seed=s), make_data(N, d, seed=s)[0], gamma)[0]
+        return lambda_min(Z0) / (m * lam0[N, s])
+    cost = [time.perf_counter()]  # 3 samples of the largest Z0: ~ m^3 (norm_bound) + N m^2
+    for s in (seeds * 3)[:3]:
+        ratio(Ns[-1], ratios[-1], s)
+        cost.append(time.perf_counter())
+    m1 = ratios[-1] * Ns[-1]
+    estimate = float(np.median(np.diff(cost))) * len(seeds) * sum(
+        ((r * N) ** 3 + N * (r * N) ** 2) / (m1**3 + Ns[-1] * m1**2) for N in Ns for r in ratios)
+    trained = [N for N in Ns if N <= train_max_N]
+    if trained:  # and 3 samples of a cold GD step at the largest trained N and m, ~ N m^2
+        (X, y), p = make_data(trained[-1], d, seed=0), init_params(d, round(ratios[-1] * trained[
+            -1]), seed=0)
+        step = float(np.median(timeit.repeat(lambda: loss_and_grad(p, X, y, gamma), number=1,
+                                             repeat=3)))
+        estimate += step * cap * sum((N / trained[-1]) ** 3 for N in trained)
+    if estimate > 30:
+        say(f"estimated time: up to about {estimate:.0f} s (medians of 3 timed solves and 3 "
+            f"timed GD steps; GD at most {cap} steps)")
+    rows, training = [], []
+    for N in Ns:
+        grid = np.array([[ratio(N, r, s) for r in ratios] for s in seeds])  # (seeds, ratios)
+        every = [r for r, col in zip(ratios, grid.T) if (col >= 0.5).all()]
+        rows.append({"N": N, "lambda_0": float(np.mean([lam0[N, s] for s in seeds])),
+                     "ratio": grid.mean(0).tolist(), "ratio_seeds": grid.tolist(),
+                     "m_star_over_N": every[0] if every else None,
+                     "crossing": _crossing(ratios, grid.min(0)),
+                     "crossing_seeds": [_crossing(ratios, row) for row in grid]})
+        say(f"  N = {N}: lambda_0 {rows[-1]['lambda_0']:.2e}, m*/N {rows[-1]['m_star_over_N']}")
+        if N <= train_max_N:
+            training.append(_widths_gd(N, d, round((every or ratios)[0 if every else -1] * N),
+                                       gamma, seeds[0], target, cap))
+            say(f"  GD at N = {N}, m = {training[-1]['m']}: {training[-1]['outcome']}")
+    alpha = _alpha(Ns, [row["crossing"] for row in rows])
+    spread = [_alpha(Ns, [row["crossing_seeds"][k] for row in rows]) for k in range(len(seeds))]
+    verdict = (f"{'linear' if abs(alpha - 1) <= 0.25 else 'NOT linear'} in N: alpha = {alpha:.2f}"
+               f" (seeds {', '.join(f'{a:.2f}' for a in spread)})")
+    return {"d": d, "gamma": gamma, "seeds": seeds, "ratios": ratios, "rows": rows,
+            "alpha": alpha, "alpha_seeds": spread, "verdict": verdict, "training": training,
+            "target": target, "cap": cap, "seconds": time.perf_counter() - start}
+
+def _widths_gd(N, d, m, gamma, seed, target, cap):
+    """One GD run of widths: rates per step, and its outcome."""
+    (X, y), params = make_data(N, d, seed=seed), init_params(d, m, seed=seed)
+    lr = 1.0 / np.linalg.norm(equilibrium(params, X, gamma)[0], 2) ** 2
+    rate0 = 2 * lr * float(np.linalg.eigvalsh(gradient_gram(params, X, gamma))[0])
+    steps, stop = min(cap, math.ceil(2 * math.log(1 / target) / rate0)), None
+    try:
+        hist = gradient_descent(params, X, y, gamma, lr=lr, steps=steps, target=target,
+                                lambda_min=True, lambda_theta=True)[1]
+    except TrainingError as e:
+        hist, stop = e.history, f"stopped: {e.reason}"
+    loss, k = hist["loss"], len(hist["loss"]) - 1
+    rate = linear_rate(loss, np.arange(k + 1)) if k > 0 else math.nan
+    end = linear_rate(loss[3 * k // 4:], np.arange(3 * k // 4, k + 1)) if k > 3 else math.nan
+    theta = 2 * lr * float(hist["lambda_theta"].min())
+    outcome = stop or ("reached" if loss[-1] <= target * loss[0] else f"still converging at rate "
+                       f"{end:.2e}" if end >= 0.1 * theta else f"stalled (rate {end:.1e})")
+    return {"N": N, "m": m, "lr": lr, "steps": k, "rate_observed": rate, "outcome": outcome,
+            "rate_pl_Z": 2 * lr * float(hist["lambda_min"].min()), "rate_pl_theta": theta}
+
+def format_widths(result):
+    """widths() as text."""
+    lines = [f"lambda_min(Z0 Z0^T) / (m lambda_0), mean over seeds {result['seeds']} (d = "
+             f"{result['d']}, gamma = {result['gamma']:g}); m*/N: every seed at 1/2 or more",
+             "     N  lambda_0  m/N = " + "  ".join(f"{r:>4g}" for r in result["ratios"])
+             + "   m*/N"]
+    for row in result["rows"]:
+        lines.append(f"  {row['N']:>4d}  {row['lambda_0']:.2e}        " + "  ".join(
+            f"{v:>4.2f}" for v in row["ratio"]) + f"   {row['m_star_over_N'] or '>' + 'max'}")
+    lines += [result["verdict"], "", f"GD at m*(N), seed {result['seeds'][0]}, to "
+              f"{result['target']:g} of the initial loss (rates per step; PL: 2 lr min_k "
+              "lambda_min):", "     N     m  steps  observed  PL Z Z^T  PL Theta  outcome"]
+    lines += [f"  {t['N']:>4d}  {t['m']:>4d}  {t['steps']:>5d}  {t['rate_observed']:>8.2e}  "
+              f"{t['rate_pl_Z']:>8.2e}  {t['rate_pl_theta']:>8.2e}  {t['outcome']}"
+              for t in result["training"]]
+    return "\n".join(lines)
+
+def _plot_widths(path, result):
+    """The ratio against m / N, a curve per N (the seeds' range shaded): None, or the error."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in result["rows"]:
+        line, = ax.plot(result["ratios"], row["ratio"], "o-", label=f"N = {row['N']}")
+        seeds = np.array(row["ratio_seeds"])
+        ax.fill_between(result["ratios"], seeds.min(0), seeds.max(0), color=line.get_color(),
+                        alpha=0.15)
+    ax.axhline(0.5, color="k", lw=0.8, ls=":", label="1/2, which defines m*(N)")
+    ax.set(xscale="log", xlabel="m / N", ylabel="lambda_min(Z0 Z0^T) / (m lambda_0)", ylim=(0, 1),
+           title=f"d = {result['d']}, gamma = {result['gamma']:g}: {result['verdict']}")
+    ax.set_xticks(result["ratios"], [f"{r:g}" for r in result["ratios"]])
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 # ---- bench: the cost of one loss + gradient against the GEMM-bound limit ----
 
@@ -1223,18 +1434,21 @@ def verify_golden(path, rtol=1e-8, *, canonical=False, max_mb=64, max_work=3e11)
                 del ours[key]
             for key, value in ours.items():
                 theirs = get(f"{name}/{key}", np.shape(value))
-                if theirs is not None:
-                    theirs = theirs.astype(np.float64, copy=False)  # then in place: no more memory
-                    with np.errstate(invalid="ignore", over="ignore"):  # nan or inf in theirs
-                        theirs -= value
-                        err = float(np.abs(theirs, out=theirs).max())  # nan if theirs has one
-                    err /= max(float(value.max()), -float(value.min())) or 1.0  # / max |ours|
+                if theirs is not None:  # in place: no more memory
+                    err = _relative_error(value, theirs.astype(np.float64, copy=False))
                     note = [] if certified or key in ("Z", "yhat", "loss") else [
                         KINK_NOTE if err <= limit else "differs at a ReLU kink"]
                     note += [] if tol == REFERENCE_TOL else [f"solved to {tol:g}: limit {limit:g}"]
                     note += ["theirs holds NaN"] if math.isnan(err) else []
                     rows.append((name, key, err, limit, err <= limit, "; ".join(note)))
     return _report(rows, problems, cases, prints, seen, canonical)
+
+def _relative_error(ours, theirs):
+    """max |ours - theirs| / max |ours|, nan where theirs has a nan; theirs is overwritten."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        theirs -= ours
+        err = float(np.abs(theirs, out=theirs).max())
+    return err / (max(float(ours.max()), -float(ours.min())) or 1.0)
 
 def _report(rows, problems, cases, prints, seen, canonical):
     """verify_golden's result: for each canonical case, the file's case with its inputs bit for
@@ -1350,6 +1564,102 @@ def _case_rho(get, name):
     except (TypeError, ValueError, ArithmeticError):
         return math.nan
 
+# ---- one call for another project's tests ----
+
+CHECKED = ("Z", "yhat", "loss", "dA", "dW", "dv", "dX")  # what fn may return
+
+def check_implementation(fn, *, rtol=1e-8, step=None):
+    """Another implementation against the oracle, on every canonical case, in one call:
+        fn(inputs) -> {"Z": ..., "dA": ..., ...}   any of Z, yhat, loss, dA, dW, dv, dX
+        step(inputs, lr, train) -> {"A": ..., "W": ..., "v": ...}   one GD step (optional)
+    inputs: A, W, v, X, y as float64 arrays (copies), gamma a float. Values: anything
+    numpy.asarray takes (torch: t.detach().cpu().numpy(); JAX: np.asarray(x)). step is run
+    `steps` times on the cases with a trajectory, with train a tuple such as ("W", "v"); a
+    frozen parameter must come back bit for bit. error = max |ours - theirs| / max |ours|, as
+    verify's: at most rtol, or max(rtol, 10 tol) where float64 certifies only a looser tol.
+    On a mismatch, AssertionError with a line per failing (case, quantity): error, limit and
+    cause; also if fn returns none of them, or a key not among them. Returns the report:
+    passed, rtol, cases {case: {quantity: {error, limit, note}}}, not_returned."""
+    __tracebackhide__ = True  # pytest: show the caller's line and the message
+    rtol = _number("rtol", rtol)
+    if not callable(fn) or not (step is None or callable(step)):
+        raise TypeError(f"fn must be callable, and step callable or None: got {fn!r}, {step!r}")
+    cases, kinks = {}, set()
+    for name, case in _canonical_cases():
+        (ours, certified), tol = _tightest(lambda t: _golden_outputs(case, t), REFERENCE_TOL)
+        limit = rtol if tol == REFERENCE_TOL else max(rtol, 10 * tol)
+        inputs = {**{k: np.array(case[k], np.float64) for k in "AWvXy"},
+                  "gamma": float(case["gamma"])}
+        theirs = fn({k: np.copy(a) for k, a in inputs.items()})
+        unknown = set(theirs) - set(CHECKED) if isinstance(theirs, dict) else {"(not a dict)"}
+        if unknown:
+            raise AssertionError(f"fn returned {sorted(unknown)} for case {name!r}: it returns a"
+                                 f" dict of some of {', '.join(CHECKED)}")
+        theirs = {q: a for q, a in theirs.items() if a is not None}
+        if step is not None and "train" in case:
+            theirs.update(_steps(step, name, case, inputs))
+        cases[name] = {q: _compare(ours[q], theirs[q], limit) for q in ours if q in theirs}
+        kinks |= set() if certified else {name}
+    returned = {q for case in cases.values() for q in case}
+    if not returned & set(CHECKED):
+        raise AssertionError(f"fn returned none of {', '.join(CHECKED)}: nothing was checked")
+    bad = {(name, q) for name, case in cases.items() for q, row in case.items()
+           if not row["error"] <= row["limit"]}  # a nan fails
+    lines = []
+    for name, case in cases.items():
+        for q, row in case.items():
+            row["note"] = _cause(name, q, bad, cases, kinks) if (name, q) in bad else \
+                KINK_NOTE if name in kinks and q[:2] in ("dA", "dW", "dX", "gd") else ""
+            if (name, q) in bad:
+                lines.append(f"{name} / {q}: error {row['error']:.3g} > {row['limit']:g}: "
+                             + row["note"])
+    missing = [q for q in CHECKED if q not in returned]
+    if lines:
+        raise AssertionError(f"{len(lines)} (case, quantity) differ from the oracle (not "
+                             f"returned: {', '.join(missing) or 'none'}):\n  " + "\n  ".join(lines))
+    return {"passed": True, "rtol": rtol, "cases": cases, "not_returned": missing}
+
+def _compare(ours, value, limit):
+    """{error, limit} (verify's error; inf, and the shape, for another shape than ours)."""
+    theirs = np.array(value, dtype=np.float64)  # a copy: _relative_error overwrites it
+    if theirs.shape != np.shape(ours):
+        return {"error": math.inf, "limit": limit, "shape": theirs.shape}
+    return {"error": _relative_error(ours, theirs), "limit": limit}
+
+def _cause(name, q, bad, cases, kinks):
+    """Why (case, q) fails, from the case's other quantities (the forward pass, the backward)
+    and from q in the other cases: a kink explains q only if q passes wherever there is none."""
+    forward = [k for k in ("Z", "yhat", "loss") if k in cases[name]]
+    wrong = [k for k in forward if (name, k) in bad]
+    if q.startswith("gd_"):
+        return "the GD step differs" + "; the gradients differ too" * any(
+            (name, k) in bad for k in ("dA", "dW", "dv"))
+    if q in forward or wrong:
+        return "the forward pass differs" + f" ({', '.join(wrong)})" * (q not in forward)
+    if name in kinks and q in ("dA", "dW", "dX") and not any(
+            (other, q) in bad for other in cases if other not in kinks):
+        return ("differs at a ReLU kink: this case has H_ij = 0 exactly, and the oracle uses "
+                "ReLU'(0) = 0")
+    return (f"the forward pass agrees ({', '.join(forward)}), the backward differs" if forward
+            else "the backward pass differs") + " (a ReLU kink here too)" * (name in kinks)
+
+def _steps(step, name, case, inputs):
+    """gd_A, gd_W, gd_v after case["steps"] steps of `step` from the inputs' theta; a frozen
+    parameter that moves fails at once, named."""
+    train = tuple(p for p, t in zip(PARAM_NAMES, case["train"]) if t)
+    theta = {p: inputs[p] for p in PARAM_NAMES}
+    for _ in range(int(case["steps"])):
+        new = step({**{k: np.copy(a) for k, a in inputs.items()}, **{p: np.copy(a) for p, a in
+                                                                     theta.items()}},
+                   float(case["lr"]), train)
+        new = {p: np.asarray(new[p], np.float64) for p in PARAM_NAMES}
+        for p in set(PARAM_NAMES) - set(train):
+            if new[p].tobytes() != theta[p].tobytes():
+                raise AssertionError(f"{name} / gd_{p}: step moved {p}, which is frozen in this "
+                                     f"case (train = {train})")
+        theta = new
+    return {"gd_" + p: theta[p] for p in PARAM_NAMES}
+
 # ---- command line ----
 
 def _integer(text):
@@ -1393,6 +1703,12 @@ def _parser():
     s.add_argument("--d", type=_integer, default=8, help="input dimension d (default 8)")
     s.add_argument("--seeds", type=_integer, default=3, help="seeds per row (default 3)")
     s.add_argument("--steps", type=_integer, default=1500, help="GD steps per run (default 1500)")
+    s = add("widths", "the title claim across N: lambda_min(Z0 Z0^T) / (m lambda_0) against m / N "
+            "for N = 16 to 256, alpha in m* ~ N^alpha, and GD beside both PL rates (about 40 s)")
+    s.add_argument("--d", type=_integer, default=16, help="input dimension d (default 16)")
+    s.add_argument("--seeds", type=_integer, default=3, help="seeds per N (default 3)")
+    s.add_argument("--plot", metavar="PATH", help="write the ratio against m / N, a curve per N "
+                   "(needs matplotlib; exit 1 if it cannot be written)")
     s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 50 s "
             "with one BLAS thread)")
     s.add_argument("--n", type=_integer, default=1024, help="samples N (default 1024)")
@@ -1477,6 +1793,19 @@ def main(argv=None):
             out = sweep(N=args.n, d=args.d, seeds=range(args.seed, args.seed + args.seeds),
                         steps=args.steps)
             print(format_sweep(out))
+        elif args.command == "widths":
+            try:  # said before the run, as the demo does
+                import matplotlib  # noqa: F401
+                plot_error = None
+            except ImportError:
+                plot_error = "matplotlib is not installed: pip install matplotlib"
+            out = widths(d=args.d, seeds=range(args.seed, args.seed + args.seeds))
+            print(format_widths(out))
+            if args.plot:
+                out["plot_error"] = plot_error or _plot_widths(args.plot, out)
+                print(f"plot: {out['plot_error']}" if out["plot_error"] else
+                      f"plot written to {args.plot}")
+                status = int(out["plot_error"] is not None)
         elif args.command == "bench":
             out = bench(N=args.n, m=args.m, d=args.d, repeats=args.repeats, seed=args.seed)
         elif args.command == "export":

@@ -18,6 +18,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -1909,3 +1910,578 @@ def test_dx_matches_central_differences_and_its_bound_holds():
     _, exact, own = exact_solution(small, Xs, ys, 0.25, Z > 0)
     assert own and info["mask_certified"]
     assert exact_distance(info["dX"], exact[3]) <= info["dX_error_bound"] < 1e-12
+
+
+# ---- check_implementation: one call, against a small independent implementation ----
+#
+# The implementation below is written from the equations alone, not from implicit_gd:
+#     Z = relu(gamma Z A^T + X W^T)          Picard, to a change of 1e-14 max |Z|
+#     G = 1[H > 0] * (r v^T + gamma G A)     the adjoint, Picard the same way
+#     dA = gamma G^T Z, dW = G^T X, dv = Z^T r, dX = G W
+# Both maps contract by rho = gamma ||A||_2 <= 0.96 (row-wise l2), so a last change of 1e-14
+# max |S| leaves an error <= rho / (1 - rho) sqrt(N m) 1e-14 max |S| <= 3e-12 max |S| for the
+# largest case (N m = 8192): three orders below check_implementation's rtol = 1e-8.
+
+BUGS = ("relu'(0) = 1", "dA transposed", "gamma missing in dA", "A^T in the adjoint",
+        "tol 1e-6", "40 sweeps", "dX doubled")
+
+
+def independent_picard(f, S, bug):
+    """S <- f(S) until the max change is below 1e-14 max |S| (1e-6 absolute with the bug
+    "tol 1e-6"); at most 10000 sweeps (40 with "40 sweeps")."""
+    for _ in range(40 if bug == "40 sweeps" else 10_000):
+        S, old = f(S), S
+        change = np.abs(S - old).max()
+        if change < (1e-6 if bug == "tol 1e-6" else 1e-14 * np.abs(S).max()) or change == 0:
+            break
+    return S
+
+
+def independent(inputs, bug=None):
+    """Z, yhat, loss and the four gradients of one case, with at most one bug switched on."""
+    A, W, v, X, y, gamma = (inputs[k] for k in ("A", "W", "v", "X", "y", "gamma"))
+    B = X @ W.T  # (N, m)
+    Z = independent_picard(lambda Z: np.maximum(gamma * Z @ A.T + B, 0.0),
+                           np.zeros((len(X), len(A))), bug)
+    H = gamma * Z @ A.T + B  # (N, m) pre-activations at the equilibrium
+    mask = (H >= 0) if bug == "relu'(0) = 1" else (H > 0)
+    r = Z @ v - y  # (N,)
+    Aa = A.T if bug == "A^T in the adjoint" else A
+    G = independent_picard(lambda G: mask * (np.outer(r, v) + gamma * G @ Aa), np.zeros_like(Z),
+                           bug)
+    dA = (1.0 if bug == "gamma missing in dA" else gamma) * G.T @ Z  # (m, m)
+    return {"Z": Z, "yhat": Z @ v, "loss": 0.5 * r @ r, "dW": G.T @ X, "dv": Z.T @ r,
+            "dA": dA.T if bug == "dA transposed" else dA,
+            "dX": (2.0 if bug == "dX doubled" else 1.0) * G @ W}
+
+
+def independent_step(inputs, lr, train, move_frozen=False):
+    """One GD step with the independent gradient, theta - lr dPhi/dtheta for the trained."""
+    grads = independent(inputs)
+    return {p: inputs[p] - lr * grads["d" + p] if p in train or move_frozen else inputs[p]
+            for p in ("A", "W", "v")}
+
+
+CASES = ("tiny", "tiny gamma", "near the edge, oscillating", "m < N", "A frozen", "medium",
+         "dead unit", "W frozen", "v frozen", "m = N")
+
+
+def test_an_independent_implementation_passes_check_implementation_with_its_steps():
+    report = ig.check_implementation(independent, step=independent_step)
+    assert report["passed"] and report["not_returned"] == [] and list(report["cases"]) == \
+        list(CASES)
+    worst = max(row["error"] for case in report["cases"].values() for row in case.values())
+    assert worst < 1e-10  # both solved far below 1e-8 (see above)
+    assert set(report["cases"]["W frozen"]) == {*ig.CHECKED, "gd_A", "gd_W", "gd_v"}
+    assert report["cases"]["dead unit"]["dA"]["note"] == ig.KINK_NOTE
+    assert report["cases"]["dead unit"]["Z"]["note"] == ""
+
+
+def failing_lines(message):
+    """{(case, quantity): cause} from the lines 'case / quantity: error e > limit: cause'."""
+    out = {}
+    for line in message.splitlines()[1:]:
+        where, cause = line.strip().split(": ", 2)[::2]
+        out[tuple(where.split(" / "))] = cause
+    return out
+
+
+# Each planted bug: the (case, quantity) pairs that must fail, the cause every one of them must
+# name, and whether others may fail too (the solver bugs fail wherever a case converges slowly).
+FORWARD_OK = "the forward pass agrees (Z, yhat, loss), the backward differs"
+EXPECTED = {
+    "relu'(0) = 1": ({("dead unit", "dA"), ("dead unit", "dW")}, "differs at a ReLU kink: this "
+                     "case has H_ij = 0 exactly, and the oracle uses ReLU'(0) = 0", False),
+    "dA transposed": ({(c, "dA") for c in CASES}, FORWARD_OK, False),
+    "gamma missing in dA": ({(c, "dA") for c in CASES}, FORWARD_OK, False),
+    "A^T in the adjoint": ({(c, q) for c in CASES if c != "near the edge, oscillating"  # A = A^T
+                            for q in ("dA", "dW", "dX")}, FORWARD_OK, False),
+    "tol 1e-6": ({(c, "Z") for c in ("tiny", "m < N", "medium")}, "the forward pass differs",
+                 True),
+    "40 sweeps": ({("near the edge, oscillating", "Z")}, "the forward pass differs", True),
+    "dX doubled": ({(c, "dX") for c in CASES}, FORWARD_OK, False)}
+
+
+@pytest.mark.parametrize("bug", BUGS)
+def test_each_planted_bug_is_named_by_case_quantity_and_cause(bug):
+    with pytest.raises(AssertionError) as caught:
+        ig.check_implementation(lambda inputs: independent(inputs, bug))
+    message = str(caught.value)
+    lines, (must, cause, others) = failing_lines(message), EXPECTED[bug]
+    assert must <= set(lines) and (others or set(lines) == must), sorted(set(lines) ^ must)
+    assert all(lines[key] == cause + " (a ReLU kink here too)" * (key[0] == "dead unit" and cause
+               == FORWARD_OK) for key in must if key[1] != "Z"), message
+    assert all(lines[key].startswith(cause) for key in must), message
+    assert message.startswith(f"{len(lines)} (case, quantity) differ from the oracle")
+
+
+def test_check_implementation_names_a_moved_frozen_parameter_and_bad_returns():
+    with pytest.raises(AssertionError, match=r"A frozen / gd_A: step moved A, which is frozen"):
+        ig.check_implementation(independent, step=lambda i, lr, train: independent_step(
+            i, lr, train, move_frozen=True))
+    with pytest.raises(AssertionError, match="returned none of Z, yhat"):
+        ig.check_implementation(lambda i: {"Z": None})
+    with pytest.raises(AssertionError, match=r"fn returned \['dw'\] for case 'tiny'"):
+        ig.check_implementation(lambda i: {"dw": independent(i)["dW"]})
+    report = ig.check_implementation(lambda i: {"Z": independent(i)["Z"]})
+    assert report["passed"] and report["not_returned"] == ["yhat", "loss", "dA", "dW", "dv",
+                                                           "dX"]
+    def nan_z(i):
+        out = independent(i)
+        out["Z"][0, 0] = np.nan
+        return out
+    with pytest.raises(AssertionError, match=r"tiny / Z: error nan > 1e-08: the forward pass"):
+        ig.check_implementation(nan_z)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        ig.check_implementation(None)
+    with pytest.raises(ValueError, match="rtol"):
+        ig.check_implementation(independent, rtol=0)
+
+
+# ---- verify names its cases and reasons; dX in files; hostile files; CLI pins ----
+
+
+def run_json(capsys, *argv):
+    """main(argv + --json): (exit status, the JSON last line, stdout, stderr)."""
+    status = ig.main(list(argv) + ["--json"])
+    out, err = capsys.readouterr()
+    return status, json.loads(out.splitlines()[-1]), out, err
+
+
+def arrays_of(path):
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def save(path, arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def one_case(path, A, gamma, N, d=1, **extra):
+    """A one-case file: random W, v, X, y, zero outputs (a solve then runs, and fails)."""
+    rng, m = np.random.default_rng(0), len(A)
+    case = {"A": A, "W": rng.standard_normal((m, d)), "v": rng.standard_normal(m),
+            "X": rng.standard_normal((N, d)), "y": rng.standard_normal(N),
+            "gamma": np.float64(gamma), "Z": np.zeros((N, m)), "yhat": np.zeros(N),
+            "loss": np.float64(0), "dA": np.zeros((m, m)), "dW": np.zeros((m, d)),
+            "dv": np.zeros(m), **extra}
+    np.savez_compressed(path, **{"meta/version": np.int64(1), "meta/cases": np.int64(1)},
+                        **{f"case0/{k}": v for k, v in case.items()})
+    return path
+
+
+# ---- names and reasons ----
+
+
+def test_rows_name_their_case_and_canonical_reasons_name_the_input(golden, tmp_path, capsys):
+    arrays = arrays_of(golden)
+    arrays["case3/X"] = np.nextafter(arrays["case3/X"], 1.0)  # one ulp off: not canonical
+    path = save(tmp_path / "moved.npz", arrays)
+    status, s, out, _ = run_json(capsys, "verify", str(path), "--canonical")
+    assert status == 1 and re.search(r"^case6 dead unit +dA ", out, re.M)
+    assert re.search(r"^case3 +dA ", out, re.M)  # no longer 'm < N': named by its prefix only
+    why = "no case has its inputs bit for bit; case3, where export writes it, differs in X"
+    assert s["canonical"]["reasons"] == {"m < N": why} and f"'m < N': {why}" in out
+    assert s["cases"]["case3"]["canonical"] is None
+    assert s["cases"]["case3"]["canonical_note"] == "not a canonical case: against 'm < N', it differs in X"
+
+
+def test_a_failing_or_incomplete_canonical_case_says_which_quantity(golden, tmp_path):
+    arrays = arrays_of(golden)
+    arrays["case2/dW"] = 2 * arrays["case2/dW"]
+    for key in ("train", "lr", "steps", "gd_A", "gd_W", "gd_v", "gd_loss"):
+        del arrays[f"case0/{key}"]
+    reasons = ig.verify_golden(save(tmp_path / "f.npz", arrays))["canonical"]["reasons"]
+    assert reasons == {
+        "tiny": "no case has its inputs bit for bit; case0, where export writes it, lacks "
+                "train, lr, steps",
+        "near the edge, oscillating": "case2 has its inputs; it fails dW (error 1, limit 1e-08)"}
+
+
+def test_the_key_scheme_error_names_the_scheme_and_the_keys_found(golden, tmp_path):
+    arrays = {k.replace("case", "case_", 1) if k.startswith("case") else k: v
+              for k, v in arrays_of(golden).items()}
+    problems = ig.verify_golden(save(tmp_path / "u.npz", arrays))["problems"]
+    assert len(problems) == 1 and "expected the keys case0/... to case9/..." in problems[0]
+    assert "found 10 case prefixes: case_0/..., case_1/..." in problems[0]
+
+
+def test_a_nan_output_is_reported_as_nan_and_fails(golden, tmp_path, capsys):
+    arrays = arrays_of(golden)
+    arrays["case1/dv"] = np.full_like(arrays["case1/dv"], np.nan)
+    status, s, out, _ = run_json(capsys, "verify", str(save(tmp_path / "nan.npz", arrays)))
+    assert status == 1 and s["failed"] == ["case1/dv"]
+    assert re.search(r"^case1 tiny gamma +dv +nan +FAIL", out, re.M) and " inf " not in out
+    assert "it fails dv (error nan" in s["canonical"]["reasons"]["tiny gamma"]
+
+
+# ---- dX = G W ----
+
+
+def test_exported_dX_is_the_input_gradient_by_central_differences(golden):
+    case = {k.split("/")[1]: v for k, v in arrays_of(golden).items() if k.startswith("case0/")}
+    params, X, y, gamma = ig.Params(case["A"], case["W"], case["v"]), case["X"], case["y"], case["gamma"]
+    E = np.random.default_rng(1).standard_normal(X.shape)
+    phi = [ig.loss_and_grad(params, X + s * E, y, gamma, wrt="v", tol=1e-13)[0] for s in (1e-4, -1e-4)]
+    fd = (phi[0] - phi[1]) / 2e-4
+    # 1e-6: central differences at h = 1e-4 (error ~h^2) on a loss with no kink in this case,
+    # solved to 1e-13 (error ~1e-13 / h); a wrong dX (doubled, G^T for G) is off by O(1)
+    assert abs(fd - np.vdot(case["dX"], E)) <= 1e-6 * abs(fd), (fd, np.vdot(case["dX"], E))
+    assert all(arrays_of(golden)[f"case{c}/dX"].shape == arrays_of(golden)[f"case{c}/X"].shape
+               for c in range(10))
+
+
+def test_verify_compares_dX_names_it_unchecked_when_absent_and_names_unknown_keys(golden, tmp_path, capsys):
+    arrays = arrays_of(golden)
+    doubled = {**arrays, "case4/dX": 2 * arrays["case4/dX"]}
+    report = ig.verify_golden(save(tmp_path / "d.npz", doubled))
+    assert [(r[0], r[1], r[2]) for r in report["rows"] if not r[4]] == [("case4", "dX", 1.0)]
+    older = {k: v for k, v in arrays.items() if not k.endswith("/dX")}
+    status, s, out, _ = run_json(capsys, "verify", str(save(tmp_path / "o.npz", older)), "--canonical")
+    assert status == 0 and s["not_checked"] == {"dX": [f"case{c}" for c in range(10)]}
+    assert "not checked: dX, absent from case0, case1, case2, ... (10 of 10 cases)" in out
+    extra = {**arrays, "case0/dx": arrays["case0/dX"]}
+    report = ig.verify_golden(save(tmp_path / "x.npz", extra))
+    assert not report["passed"] and report["problems"][0].startswith("case0/dx: unknown key")
+
+
+# ---- hostile files: a verdict or a named refusal, up front ----
+
+
+def test_a_corrupted_central_directory_is_an_unreadable_file(golden, tmp_path, capsys):
+    raw = golden.read_bytes()
+    i = raw.find(b"PK\x01\x02")
+    path = tmp_path / "cd.npz"
+    path.write_bytes(raw[:i] + b"PK\x09\x09" + raw[i + 4:])
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(ValueError, match="not a readable zip archive"):
+        ig.verify_golden(path)
+    status, s, out, err = run_json(capsys, "verify", str(path))
+    assert status == 2 and "not a readable zip archive" in s["error"] and "Traceback" not in err
+
+
+def test_the_work_limit_counts_the_sweeps_near_the_edge(tmp_path):
+    # the issue's 38 kB file: rho = 0.9999, N = 4096, m = 128, d = 1 (ran > 60 s); one sweep a
+    # solve (the old model) would be ~1e8 multiply-adds: the sweeps, S = 2 max_iter, refuse it
+    path = one_case(tmp_path / "edge.npz", (0.9999 / 0.25) * np.eye(128), 0.25, 4096)
+    tick = time.perf_counter()
+    report = ig.verify_golden(path)
+    assert time.perf_counter() - tick < 5 and not report["rows"]
+    assert "S = 20000 sweeps in case0, whose certified rho is 0.9999" in report["problems"][0]
+    # same shapes, scaled-down limit: rho decides (S = 136 at rho 0.5, 20000 at rho 0.9999)
+    for rho, refused in ((0.5, False), (0.9999, True)):
+        path = one_case(tmp_path / f"r{rho}.npz", (rho / 0.25) * np.eye(8), 0.25, 16)
+        report = ig.verify_golden(path, max_work=2**26)
+        assert (not report["rows"]) == refused, (rho, report["problems"])
+
+
+def test_many_tiny_cases_are_refused_up_front_by_the_zip_directory(tmp_path):
+    count, arrays = 300, {"meta/version": np.int64(1)}
+    for c in range(count):
+        arrays.update({f"case{c}/{k}": np.zeros((1, 1)) for k in ("A", "W", "X", "Z", "dA", "dW")})
+        arrays.update({f"case{c}/{k}": np.zeros(1) for k in ("v", "y", "yhat", "dv")})
+        arrays.update({f"case{c}/{k}": np.float64(0.5) for k in ("gamma", "loss")})
+    arrays["meta/cases"] = np.int64(count)
+    path = save(tmp_path / "many.npz", arrays)  # 3600 members, 0.5 MB, directory ~0.2 MB
+    tick = time.perf_counter()
+    report = ig.verify_golden(path, max_mb=2)  # the members alone hold 0.5 MB
+    assert time.perf_counter() - tick < 1 and not report["rows"]
+    assert report["problems"][0].startswith("refused: the zip's directory is")
+    # within max_mb, the fixed cost of a case, 2^25, counts: 300 of them need more than 1e10
+    report = ig.verify_golden(path, max_work=1e10)
+    assert not report["rows"] and "at least, over max_work = 1e+10" in report["problems"][0]
+
+
+# ---- pins ----
+
+
+def test_demo_exits_1_on_an_early_stop_when_the_other_checks_pass(capsys):
+    status, s, _, _ = run_json(capsys, "demo", "--n", "8", "--d", "4", "--dt", "0.0601")
+    assert s["gf_failure"].startswith("Euler step too large") and s["reached_target"]
+    assert s["pl_holds"] and s["gf_certificate_holds"] and s["well_posed_throughout"]
+    assert status == 1 and not s["passed"]
+
+
+def test_max_mb_counts_a_members_uncompressed_size(golden, tmp_path):
+    path = tmp_path / "padded.npz"
+    path.write_bytes(golden.read_bytes())
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (1,)})
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:  # 12 MiB of zeros: ~12 kB
+        zf.writestr("case0/pad.npy", header.getvalue() + bytes(12 * 2**20))
+    assert path.stat().st_size < golden.stat().st_size + 100_000
+    assert ig.verify_golden(golden, max_mb=8)["passed"]
+    report = ig.verify_golden(path, max_mb=8)
+    assert not report["rows"] and report["problems"][0].startswith("refused: the members hold 12.")
+
+
+def test_export_writes_the_tolerance_it_solved_to(golden):
+    arrays, report = arrays_of(golden), ig.verify_golden(golden)
+    for c in range(10):
+        tol = float(arrays[f"case{c}/tol"])
+        assert tol == report["cases"][f"case{c}"]["solve_tol"]
+        assert tol == 1e-13 or (c == 2 and 1e-13 < tol < 1e-11)  # near the edge: float64's floor
+
+
+def test_the_dead_unit_gets_no_input_and_feeds_no_unit(golden):
+    arrays = arrays_of(golden)
+    dead = [c for c in range(10) if not arrays[f"case{c}/W"][0].any()]
+    assert dead == [6]
+    A = arrays["case6/A"]
+    assert not A[0].any() and not A[:, 0].any() and A[1:, 1:].all()
+
+
+# ---- the command line ----
+
+
+def test_integer_options_take_1e3_and_refuse_1_5_by_name(capsys):
+    status, s, _, _ = run_json(capsys, "demo", "--n", "4", "--d", "2e0", "--steps", "3e0")
+    assert s["d"] == 2 and s["steps"] <= 3 and status in (0, 1)
+    with pytest.raises(SystemExit) as e:
+        ig.main(["demo", "--steps", "1.5"])
+    assert e.value.code == 2 and "--steps: must be an integer" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_dt_that_asks_for_too_many_euler_steps(capsys):
+    tick = time.perf_counter()
+    status, s, _, _ = run_json(capsys, "demo", "--n", "4", "--dt", "1e-300", "--steps", "2")
+    assert status == 2 and "dt = 1e-300 asks for up to" in s["error"] and "Euler steps" in s["error"]
+    assert time.perf_counter() - tick < 5
+
+
+def test_demo_step_counts_agree(capsys):
+    _, s, out, _ = run_json(capsys, "demo", "--n", "3", "--m", "2")
+    stopped = int(re.search(r"stopped at GD step (\d+)", out).group(1))
+    assert s["steps"] == stopped - 1
+    assert f"in {stopped - 1} steps (step {stopped} stopped it)" in out
+    assert f"in {stopped - 1} GD steps (step {stopped} stopped it)" in out
+
+
+def test_a_short_demo_prints_no_estimate_and_bench_prints_its_first(capsys):
+    _, s, out, _ = run_json(capsys, "demo", "--n", "4", "--d", "2")
+    assert s["seconds"] < 30 and "estimated time" not in out  # printed only over 30 s
+    out = ig.bench(N=1, m=1, d=1, repeats=1, pairs=1)  # Z(0) = 0 at the quarter size: no lr
+    first = capsys.readouterr().out.splitlines()
+    assert "estimated time about" in first[0] and np.isnan(out["warm_cold_time_ratio"])
+    assert "not run: Z(0) = 0" in "\n".join(first)
+
+
+# ---- the infinite-width kernel K = lim Z Z^T / m at initialisation ----
+
+KGAMMA = 0.25
+
+
+def relu_expectation(s1, s2, rho, nodes=200):
+    """E[relu(u) relu(u')], (u, u') ~ N(0, [[s1^2, rho s1 s2], [rho s1 s2, s2^2]]), by
+    quadrature, independent of the arc-cosine formula: u = s1 x, and given u, u' ~ N(mu, tau^2)
+    with mu = rho s2 x, tau = s2 sqrt(1 - rho^2), whose E[relu] = mu Phi(mu/tau) + tau phi(mu/tau).
+    The integrand on x > 0 is smooth for |rho| < 1, so Gauss-Legendre on [0, 16] converges
+    to rounding (the Gaussian tail beyond 16 is below 1e-50)."""
+    if rho * rho >= 1.0:  # u' = +-(s2 / s1) u
+        return s1 * s2 / 2 if rho > 0 else 0.0
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    x, w = 8.0 * (x + 1.0), 8.0 * w  # [-1, 1] -> [0, 16]
+    mu, tau = rho * s2 * x, s2 * math.sqrt(1.0 - rho * rho)
+    Phi = 0.5 * (1.0 + np.array([math.erf(a / math.sqrt(2.0)) for a in mu / tau]))
+    g = mu * Phi + tau * np.exp(-0.5 * (mu / tau) ** 2) / math.sqrt(2.0 * math.pi)
+    return s1 * float(np.sum(w * x * g * np.exp(-0.5 * x * x))) / math.sqrt(2.0 * math.pi)
+
+
+def fixed_point_residual(K, X, gamma):
+    """max_ij |K_ij - E[relu(u_i) relu(u_j)]| / max K_ii, with S = gamma^2 K + (2/d) X X^T, the
+    paper's variances written out here (not the module's constants), the expectation by
+    quadrature: 0 for the exact fixed point."""
+    S = gamma**2 * K + (2.0 / X.shape[1]) * X @ X.T
+    s, worst = np.sqrt(np.diag(S)), 0.0
+    for i in range(len(K)):
+        for j in range(i, len(K)):
+            ref = relu_expectation(s[i], s[j], S[i, j] / (s[i] * s[j])) if s[i] * s[j] else 0.0
+            worst = max(worst, abs(K[i, j] - ref))  # a zero-variance unit is never active
+    return worst / np.diag(K).max()
+
+
+def test_kernel_is_the_fixed_point_of_the_relu_expectation():
+    # N = 8 random unit rows, plus pairs at chosen angles (cos 0.9 to -0.95 between inputs).
+    X, _ = ig.make_data(8, 4, seed=0)
+    angles = [np.array([[1.0, 0.0], [c, math.sqrt(1 - c * c)]]) for c in (0.9, 0.3, -0.5, -0.95)]
+    for Xc in [X] + angles:
+        K, info = ig.kernel(Xc, KGAMMA)
+        res = fixed_point_residual(K, Xc, KGAMMA)
+        # 1e-12: the solve's tol (1e-12 of max K_ii) plus the quadrature's ~1e-15
+        assert res <= 1e-12, f"fixed-point residual {res:.3e} > 1e-12 (N = {len(Xc)})"
+        assert info["certified"] and info["error_bound"] <= 1e-12 * np.linalg.norm(K)
+
+
+def test_kernel_diagonal_closed_form():
+    # K_ii = b_ii / (2 - gamma^2), b = (2/d) X X^T: E[relu(u)^2] = S_ii / 2 at the fixed point.
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6, 5)) * np.array([[0.1], [1], [3], [10], [1e-3], [1]])
+    for gamma in (0.1, 0.25, 1.0, 1.4):
+        K, _ = ig.kernel(X, gamma)
+        want = (2.0 / 5) * np.sum(X * X, axis=1) / (2 - gamma**2)
+        err = np.abs(np.diag(K) / want - 1).max()
+        assert err <= 1e-14, f"gamma {gamma}: diagonal rel error {err:.2e}"  # a few roundings
+
+
+def test_kernel_against_extended_precision():
+    # The certificate is a true bound: the same fixed point in long double (x87, 64-bit
+    # mantissa: rounding 2^11 times smaller) differs from K by at most error_bound.
+    if np.finfo(np.longdouble).eps > 1e-18:
+        pytest.skip("no extended precision long double on this platform")
+    X, _ = ig.make_data(8, 16, seed=1)
+    for gamma in (0.25, 1.3):
+        K, info = ig.kernel(X, gamma)
+        Xl, g2 = X.astype(np.longdouble), np.longdouble(gamma) ** 2
+        b = (2 / np.longdouble(16)) * Xl @ Xl.T
+        s = np.sqrt(np.diag(b) / (2 - g2) * 2)
+        ss, KL = np.outer(s, s), np.diag(np.diag(b) / (2 - g2))
+        for _ in range(2000):  # q = 0.85 at gamma = 1.3: 2000 sweeps reach 1e-140
+            c = np.clip((g2 * KL + b) / ss, -1, 1)
+            t = np.arccos(c)
+            KL = ss * (np.sin(t) + (np.pi - t) * c) / (2 * np.longdouble(np.pi))
+        err = float(np.abs(K - KL).max())
+        assert err <= info["error_bound"], f"gamma {gamma}: |K - K_ld| = {err:.3e} > bound"
+        # and the bound is not vacuous: within 1e-12 of ||K||_F, as tol asks
+        assert info["error_bound"] <= 1e-12 * np.linalg.norm(K)
+
+
+def test_kernel_edge_cases():
+    x = np.array([0.6, -0.8, 0.0])
+    # zero row: its unit is never active, so its row and column of K are 0; the rest unchanged
+    X = np.array([x, [0.0, 0, 0], [0.0, 0.6, 0.8]])
+    K, _ = ig.kernel(X, KGAMMA)
+    K2, _ = ig.kernel(np.array([x, [0.0, 0.6, 0.8]]), KGAMMA)
+    assert np.all(K[1] == 0) and np.all(K[:, 1] == 0) and np.isfinite(K).all()
+    assert np.abs(K[np.ix_([0, 2], [0, 2])] - K2).max() <= 1e-15 * K2.max()
+    assert fixed_point_residual(K, X, KGAMMA) <= 1e-12
+    # identical and parallel rows: cos t = 1 exactly in theory, rounding may push it past 1;
+    # K_ij = sqrt(K_ii K_jj) (E[relu(u) relu(c u)] = c E[relu(u)^2]). Antiparallel rows are
+    # not: S_ij = gamma^2 K_ij - b_ii > -S_ii, so K_ij > 0 (0 only at gamma = 0)
+    X = np.array([x, x, 3 * x, -x, [0.1, 0.2, 0.3]])
+    K, info = ig.kernel(X, KGAMMA)
+    d = np.sqrt(np.diag(K))
+    assert np.isfinite(K).all() and info["certified"]
+    for i, j in ((0, 1), (0, 2), (1, 2)):  # within the certificate, plus sqrt's roundings
+        err = abs(K[i, j] - d[i] * d[j])
+        assert err <= info["error_bound"] + 4 * ig.EPS * d[i] * d[j], (i, j, err, info)
+    assert 0 < K[0, 3] and fixed_point_residual(K, X, KGAMMA) <= 1e-12  # as in the first test
+    # parallel rows at random directions and scales: K_ij = sqrt(K_ii K_jj) to the certificate.
+    # (Off the diagonal cos t did not round above 1 in 2000 such trials measured outside the
+    # suite; on the diagonal it does, half the time, and the closed form replaces it.)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, c = rng.standard_normal(3), rng.uniform(0.1, 10)
+        X = np.array([x, x, c * x])
+        K, info = ig.kernel(X, KGAMMA)
+        d = np.sqrt(np.diag(K))
+        assert np.isfinite(K).all()
+        assert np.abs(K - np.outer(d, d)).max() <= info["error_bound"] + 4 * ig.EPS * d.max()**2
+    # all-zero X: K = 0, certified at once
+    K, info = ig.kernel(np.zeros((3, 2)), KGAMMA)
+    assert not K.any() and info["certified"] and info["lambda_0"] == 0.0
+
+
+def test_kernel_info_and_lambda_0():
+    X, _ = ig.make_data(16, 8, seed=2)
+    X0 = X.copy()
+    K, info = ig.kernel(X, KGAMMA)
+    assert np.array_equal(X, X0)  # the input is not modified
+    assert set(info) >= {"iterations", "delta", "error_bound", "certified", "rho", "tol",
+                         "lambda_0"}
+    assert info["rho"] == KGAMMA**2 / 2 and info["tol"] == 1e-12
+    # lambda_0 against an SVD (K is symmetric PSD: its eigenvalues are its singular values)
+    sv = np.linalg.svd(K, compute_uv=False)[-1]
+    assert abs(info["lambda_0"] - sv) <= 1e-13 * sv, (info["lambda_0"], sv)
+    assert np.array_equal(K, K.T)
+
+
+def test_kernel_refuses_and_reports():
+    X, _ = ig.make_data(4, 3, seed=0)
+    for gamma in (math.sqrt(2.0), 1.5, 10.0):  # gamma^2 >= 2: no fixed point (K_ii < 0)
+        with pytest.raises(ValueError, match="gamma"):
+            ig.kernel(X, gamma)
+    for bad, name in (({"gamma": 0.0}, "gamma"), ({"tol": -1.0}, "tol"),
+                      ({"max_iter": 0}, "max_iter")):
+        with pytest.raises(ValueError, match=name):
+            ig.kernel(X, **{"gamma": KGAMMA, **bad})
+    with pytest.raises(ValueError, match="X"):
+        ig.kernel(X[0], KGAMMA)
+    with pytest.raises(ValueError, match="X"):
+        ig.kernel(np.array([[1.0, np.nan]]), KGAMMA)
+    with pytest.raises(TypeError, match="X"):
+        ig.kernel([["a"]], KGAMMA)
+    # tol below rounding: refused with the tol that float64 certifies, which then works
+    with pytest.raises(ig.NotConvergedError) as e:
+        ig.kernel(X, KGAMMA, tol=1e-17)
+    assert e.value.attainable_tol is not None
+    K, info = ig.kernel(X, KGAMMA, tol=e.value.attainable_tol)
+    assert info["certified"]
+    # max_iter runs out near the edge (q = 0.98 contracts slowly): raised, not returned
+    with pytest.raises(ig.NotConvergedError, match="max_iter"):
+        ig.kernel(X, 1.4, max_iter=3)
+
+
+# ---- the finite network converges to K ----
+
+def gram_errors(X, gamma, m, seeds):
+    """(Z0 Z0^T / m) for each seed: the equilibrium at the default initialisation."""
+    d = X.shape[1]
+    return np.array([(lambda Z: Z @ Z.T / m)(ig.equilibrium(ig.init_params(d, m, seed=s), X,
+                                                            gamma)[0]) for s in seeds])
+
+
+def largest_t(grams, K):
+    """max over the N (N + 1) / 2 distinct entries of |t_ij|, t_ij = mean_s E_sij / (sd_ij /
+    sqrt(n)), E_s = Z0 Z0^T / m - K for seed s: the error of the mean in units of its own
+    standard error, estimated from the seeds' spread."""
+    iu = np.triu_indices(len(K))
+    E = (grams - K)[:, iu[0], iu[1]]  # (n, N (N + 1) / 2)
+    return float(np.max(np.abs(E.mean(0)) / (E.std(0, ddof=1) / math.sqrt(len(E)))))
+
+
+def test_finite_network_converges_to_kernel():
+    # N = 8, d = 4, gamma = 0.25; m = 1024, 24 seeds (about 0.15 s each here: the cost is
+    # norm_bound's eigensolve). Per seed, Z0 Z0^T / m is an average over m units: each entry's
+    # error is near Gaussian, sd ~ sqrt(5 / m) of K_ii on the diagonal (E[relu^4] / E[relu^2]^2
+    # = 6; measured 0.074 at m = 1024), and seeds are independent. So t_ij follows Student's
+    # t with 23 degrees of freedom, and P(max |t_ij| > 9) <= 36 P(|t_23| > 9) = 2e-7 (union
+    # bound over the 36 entries, t tail by numerical integration): the false-failure
+    # probability. A finite-m bias, if any, is below our measurement: the mean error over 1000
+    # seeds at m = 128 was 0.006 of K_ii (max |t| 1.5), against a standard error here of 0.015.
+    X, _ = ig.make_data(8, 4, seed=0)
+    K, _ = ig.kernel(X, KGAMMA)
+    grams = gram_errors(X, KGAMMA, 1024, range(24))
+    t = largest_t(grams, K)
+    worst = float(np.abs(grams.mean(0) - K).max() / np.diag(K).max())
+    assert t <= 9.0, f"mean of Z0 Z0^T / m is {t:.1f} standard errors from K (max rel {worst:.3f})"
+    # The same comparison rejects wrong kernels. W variance 1/d in place of 2/d is K at X /
+    # sqrt(2) (K is homogeneous of degree 1 in X X^T): K off by 0.5. gamma in place of gamma^2
+    # is K at gamma = 0.5: the diagonal off by 0.107. Measured max |t|: 49 and 86, far above 9.
+    for wrong, what in ((ig.kernel(X / math.sqrt(2), KGAMMA)[0], "variance 1/d"),
+                        (ig.kernel(X, math.sqrt(KGAMMA))[0], "gamma for gamma^2")):
+        assert largest_t(grams, wrong) > 9.0, f"the comparison accepts the wrong K ({what})"
+
+
+def test_widths_gives_its_table_alpha_and_training_outcomes():
+    """A small grid (3 N, 2 seeds): the ratio lambda_min(Z0 Z0^T) / (m lambda_0) against its
+    definition, m* from the ratios, alpha from m*, and GD's outcome named."""
+    out = ig.widths(Ns=(8, 16, 32), d=8, ratios=(1, 2, 4, 8), seeds=(0, 1), train_max_N=8,
+                    cap=200, quiet=True)
+    row = out["rows"][1]  # N = 16, seed 1, m / N = 4: the ratio from its definition
+    X = ig.make_data(16, 8, seed=1)[0]
+    Z0 = ig.equilibrium(ig.init_params(8, 64, seed=1), X, 0.25)[0]
+    lam0 = np.linalg.eigvalsh(ig.kernel(X, 0.25)[0])[0]
+    assert row["ratio_seeds"][1][2] == pytest.approx(ig.lambda_min(Z0) / (64 * lam0), rel=1e-9)
+    for row in out["rows"]:
+        grid = np.array(row["ratio_seeds"])
+        every = [r for r, col in zip(out["ratios"], grid.T) if (col >= 0.5).all()]
+        assert row["m_star_over_N"] == (every[0] if every else None)
+    crossings = [row["crossing"] for row in out["rows"]]
+    if None not in crossings:  # alpha: the slope of log m* against log N
+        m_star = np.log(np.array(crossings) * [8, 16, 32])
+        assert out["alpha"] == pytest.approx(np.polyfit(np.log([8, 16, 32]), m_star, 1)[0])
+    gd = out["training"][0]
+    assert gd["N"] == 8 and (gd["outcome"] in ("reached", "stalled") or gd["outcome"].startswith(
+        ("still converging at rate", "stalled (rate", "stopped:")))
+    assert gd["rate_pl_theta"] >= gd["rate_pl_Z"]  # Theta - Z Z^T is PSD
