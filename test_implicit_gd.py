@@ -2047,23 +2047,6 @@ def test_check_implementation_names_a_moved_frozen_parameter_and_bad_returns():
 # ---- verify names its cases and reasons; dX in files; hostile files; CLI pins ----
 
 
-def run_json(capsys, *argv):
-    """main(argv + --json): (exit status, the JSON last line, stdout, stderr)."""
-    status = ig.main(list(argv) + ["--json"])
-    out, err = capsys.readouterr()
-    return status, json.loads(out.splitlines()[-1]), out, err
-
-
-def arrays_of(path):
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
-
-
-def save(path, arrays):
-    np.savez(path, **arrays)
-    return path
-
-
 def one_case(path, A, gamma, N, d=1, **extra):
     """A one-case file: random W, v, X, y, zero outputs (a solve then runs, and fails)."""
     rng, m = np.random.default_rng(0), len(A)
@@ -2081,10 +2064,10 @@ def one_case(path, A, gamma, N, d=1, **extra):
 
 
 def test_rows_name_their_case_and_canonical_reasons_name_the_input(golden, tmp_path, capsys):
-    arrays = arrays_of(golden)
+    arrays = read_npz(golden)
     arrays["case3/X"] = np.nextafter(arrays["case3/X"], 1.0)  # one ulp off: not canonical
-    path = save(tmp_path / "moved.npz", arrays)
-    status, s, out, _ = run_json(capsys, "verify", str(path), "--canonical")
+    path = write_npz(tmp_path / "moved.npz", arrays)
+    status, s, out, _ = run_cli(capsys, "verify", str(path), "--canonical")
     assert status == 1 and re.search(r"^case6 dead unit +dA ", out, re.M)
     assert re.search(r"^case3 +dA ", out, re.M)  # no longer 'm < N': named by its prefix only
     why = "no case has its inputs bit for bit; case3, where export writes it, differs in X"
@@ -2094,11 +2077,11 @@ def test_rows_name_their_case_and_canonical_reasons_name_the_input(golden, tmp_p
 
 
 def test_a_failing_or_incomplete_canonical_case_says_which_quantity(golden, tmp_path):
-    arrays = arrays_of(golden)
+    arrays = read_npz(golden)
     arrays["case2/dW"] = 2 * arrays["case2/dW"]
     for key in ("train", "lr", "steps", "gd_A", "gd_W", "gd_v", "gd_loss"):
         del arrays[f"case0/{key}"]
-    reasons = ig.verify_golden(save(tmp_path / "f.npz", arrays))["canonical"]["reasons"]
+    reasons = ig.verify_golden(write_npz(tmp_path / "f.npz", arrays))["canonical"]["reasons"]
     assert reasons == {
         "tiny": "no case has its inputs bit for bit; case0, where export writes it, lacks "
                 "train, lr, steps",
@@ -2107,16 +2090,16 @@ def test_a_failing_or_incomplete_canonical_case_says_which_quantity(golden, tmp_
 
 def test_the_key_scheme_error_names_the_scheme_and_the_keys_found(golden, tmp_path):
     arrays = {k.replace("case", "case_", 1) if k.startswith("case") else k: v
-              for k, v in arrays_of(golden).items()}
-    problems = ig.verify_golden(save(tmp_path / "u.npz", arrays))["problems"]
+              for k, v in read_npz(golden).items()}
+    problems = ig.verify_golden(write_npz(tmp_path / "u.npz", arrays))["problems"]
     assert len(problems) == 1 and "expected the keys case0/... to case9/..." in problems[0]
     assert "found 10 case prefixes: case_0/..., case_1/..." in problems[0]
 
 
 def test_a_nan_output_is_reported_as_nan_and_fails(golden, tmp_path, capsys):
-    arrays = arrays_of(golden)
+    arrays = read_npz(golden)
     arrays["case1/dv"] = np.full_like(arrays["case1/dv"], np.nan)
-    status, s, out, _ = run_json(capsys, "verify", str(save(tmp_path / "nan.npz", arrays)))
+    status, s, out, _ = run_cli(capsys, "verify", str(write_npz(tmp_path / "nan.npz", arrays)))
     assert status == 1 and s["failed"] == ["case1/dv"]
     assert re.search(r"^case1 tiny gamma +dv +nan +FAIL", out, re.M) and " inf " not in out
     assert "it fails dv (error nan" in s["canonical"]["reasons"]["tiny gamma"]
@@ -2126,7 +2109,7 @@ def test_a_nan_output_is_reported_as_nan_and_fails(golden, tmp_path, capsys):
 
 
 def test_exported_dX_is_the_input_gradient_by_central_differences(golden):
-    case = {k.split("/")[1]: v for k, v in arrays_of(golden).items() if k.startswith("case0/")}
+    case = {k.split("/")[1]: v for k, v in read_npz(golden).items() if k.startswith("case0/")}
     params, X, y, gamma = ig.Params(case["A"], case["W"], case["v"]), case["X"], case["y"], case["gamma"]
     E = np.random.default_rng(1).standard_normal(X.shape)
     phi = [ig.loss_and_grad(params, X + s * E, y, gamma, wrt="v", tol=1e-13)[0] for s in (1e-4, -1e-4)]
@@ -2134,21 +2117,21 @@ def test_exported_dX_is_the_input_gradient_by_central_differences(golden):
     # 1e-6: central differences at h = 1e-4 (error ~h^2) on a loss with no kink in this case,
     # solved to 1e-13 (error ~1e-13 / h); a wrong dX (doubled, G^T for G) is off by O(1)
     assert abs(fd - np.vdot(case["dX"], E)) <= 1e-6 * abs(fd), (fd, np.vdot(case["dX"], E))
-    assert all(arrays_of(golden)[f"case{c}/dX"].shape == arrays_of(golden)[f"case{c}/X"].shape
+    assert all(read_npz(golden)[f"case{c}/dX"].shape == read_npz(golden)[f"case{c}/X"].shape
                for c in range(10))
 
 
 def test_verify_compares_dX_names_it_unchecked_when_absent_and_names_unknown_keys(golden, tmp_path, capsys):
-    arrays = arrays_of(golden)
+    arrays = read_npz(golden)
     doubled = {**arrays, "case4/dX": 2 * arrays["case4/dX"]}
-    report = ig.verify_golden(save(tmp_path / "d.npz", doubled))
+    report = ig.verify_golden(write_npz(tmp_path / "d.npz", doubled))
     assert [(r[0], r[1], r[2]) for r in report["rows"] if not r[4]] == [("case4", "dX", 1.0)]
     older = {k: v for k, v in arrays.items() if not k.endswith("/dX")}
-    status, s, out, _ = run_json(capsys, "verify", str(save(tmp_path / "o.npz", older)), "--canonical")
+    status, s, out, _ = run_cli(capsys, "verify", str(write_npz(tmp_path / "o.npz", older)), "--canonical")
     assert status == 0 and s["not_checked"] == {"dX": [f"case{c}" for c in range(10)]}
     assert "not checked: dX, absent from case0, case1, case2, ... (10 of 10 cases)" in out
     extra = {**arrays, "case0/dx": arrays["case0/dX"]}
-    report = ig.verify_golden(save(tmp_path / "x.npz", extra))
+    report = ig.verify_golden(write_npz(tmp_path / "x.npz", extra))
     assert not report["passed"] and report["problems"][0].startswith("case0/dx: unknown key")
 
 
@@ -2163,7 +2146,7 @@ def test_a_corrupted_central_directory_is_an_unreadable_file(golden, tmp_path, c
     assert zipfile.is_zipfile(path)
     with pytest.raises(ValueError, match="not a readable zip archive"):
         ig.verify_golden(path)
-    status, s, out, err = run_json(capsys, "verify", str(path))
+    status, s, out, err = run_cli(capsys, "verify", str(path))
     assert status == 2 and "not a readable zip archive" in s["error"] and "Traceback" not in err
 
 
@@ -2189,7 +2172,7 @@ def test_many_tiny_cases_are_refused_up_front_by_the_zip_directory(tmp_path):
         arrays.update({f"case{c}/{k}": np.zeros(1) for k in ("v", "y", "yhat", "dv")})
         arrays.update({f"case{c}/{k}": np.float64(0.5) for k in ("gamma", "loss")})
     arrays["meta/cases"] = np.int64(count)
-    path = save(tmp_path / "many.npz", arrays)  # 3600 members, 0.5 MB, directory ~0.2 MB
+    path = write_npz(tmp_path / "many.npz", arrays)  # 3600 members, 0.5 MB, directory ~0.2 MB
     tick = time.perf_counter()
     report = ig.verify_golden(path, max_mb=2)  # the members alone hold 0.5 MB
     assert time.perf_counter() - tick < 1 and not report["rows"]
@@ -2203,7 +2186,7 @@ def test_many_tiny_cases_are_refused_up_front_by_the_zip_directory(tmp_path):
 
 
 def test_demo_exits_1_on_an_early_stop_when_the_other_checks_pass(capsys):
-    status, s, _, _ = run_json(capsys, "demo", "--n", "8", "--d", "4", "--dt", "0.0601")
+    status, s, _, _ = run_cli(capsys, "demo", "--n", "8", "--d", "4", "--dt", "0.0601")
     assert s["gf_failure"].startswith("Euler step too large") and s["reached_target"]
     assert s["pl_holds"] and s["gf_certificate_holds"] and s["well_posed_throughout"]
     assert status == 1 and not s["passed"]
@@ -2223,7 +2206,7 @@ def test_max_mb_counts_a_members_uncompressed_size(golden, tmp_path):
 
 
 def test_export_writes_the_tolerance_it_solved_to(golden):
-    arrays, report = arrays_of(golden), ig.verify_golden(golden)
+    arrays, report = read_npz(golden), ig.verify_golden(golden)
     for c in range(10):
         tol = float(arrays[f"case{c}/tol"])
         assert tol == report["cases"][f"case{c}"]["solve_tol"]
@@ -2231,7 +2214,7 @@ def test_export_writes_the_tolerance_it_solved_to(golden):
 
 
 def test_the_dead_unit_gets_no_input_and_feeds_no_unit(golden):
-    arrays = arrays_of(golden)
+    arrays = read_npz(golden)
     dead = [c for c in range(10) if not arrays[f"case{c}/W"][0].any()]
     assert dead == [6]
     A = arrays["case6/A"]
@@ -2242,7 +2225,7 @@ def test_the_dead_unit_gets_no_input_and_feeds_no_unit(golden):
 
 
 def test_integer_options_take_1e3_and_refuse_1_5_by_name(capsys):
-    status, s, _, _ = run_json(capsys, "demo", "--n", "4", "--d", "2e0", "--steps", "3e0")
+    status, s, _, _ = run_cli(capsys, "demo", "--n", "4", "--d", "2e0", "--steps", "3e0")
     assert s["d"] == 2 and s["steps"] <= 3 and status in (0, 1)
     with pytest.raises(SystemExit) as e:
         ig.main(["demo", "--steps", "1.5"])
@@ -2251,13 +2234,13 @@ def test_integer_options_take_1e3_and_refuse_1_5_by_name(capsys):
 
 def test_demo_refuses_a_dt_that_asks_for_too_many_euler_steps(capsys):
     tick = time.perf_counter()
-    status, s, _, _ = run_json(capsys, "demo", "--n", "4", "--dt", "1e-300", "--steps", "2")
+    status, s, _, _ = run_cli(capsys, "demo", "--n", "4", "--dt", "1e-300", "--steps", "2")
     assert status == 2 and "dt = 1e-300 asks for up to" in s["error"] and "Euler steps" in s["error"]
     assert time.perf_counter() - tick < 5
 
 
 def test_demo_step_counts_agree(capsys):
-    _, s, out, _ = run_json(capsys, "demo", "--n", "3", "--m", "2")
+    _, s, out, _ = run_cli(capsys, "demo", "--n", "3", "--m", "2")
     stopped = int(re.search(r"stopped at GD step (\d+)", out).group(1))
     assert s["steps"] == stopped - 1
     assert f"in {stopped - 1} steps (step {stopped} stopped it)" in out
@@ -2265,7 +2248,7 @@ def test_demo_step_counts_agree(capsys):
 
 
 def test_a_short_demo_prints_no_estimate_and_bench_prints_its_first(capsys):
-    _, s, out, _ = run_json(capsys, "demo", "--n", "4", "--d", "2")
+    _, s, out, _ = run_cli(capsys, "demo", "--n", "4", "--d", "2")
     assert s["seconds"] < 30 and "estimated time" not in out  # printed only over 30 s
     out = ig.bench(N=1, m=1, d=1, repeats=1, pairs=1)  # Z(0) = 0 at the quarter size: no lr
     first = capsys.readouterr().out.splitlines()
