@@ -1006,8 +1006,8 @@ def test_export_then_verify_passes(golden, capsys):
     assert status == 0 and s["passed"] and KINK_LINE.search(out)
     dead = next(n for n, c in report["cases"].items() if c["canonical"] == "dead unit")
     notes = {key: note for case, key, *_, note in report["rows"] if case == dead}
-    assert all(notes[k] == "" for k in ("Z", "yhat", "loss"))  # the convention only moves these:
-    assert all(notes[k] == ig.KINK_NOTE for k in ("dA", "dW", "dv", "gd_A", "gd_W", "gd_v"))
+    assert all(notes[k] == "" for k in ("Z", "yhat", "loss", "dv"))  # no ReLU' in these; it
+    assert all(notes[k] == ig.KINK_NOTE for k in ("dA", "dW", "dX", "gd_A", "gd_W", "gd_v"))
 
 
 KINK_LINE = re.compile(r"case\d+ dead unit\s+dA .*pass\s+\(at a ReLU kink: compared under ReLU'\(0\) = 0\)")
