@@ -259,13 +259,15 @@ def equilibrium(params, X, gamma, *, tol=1e-12, max_iter=10_000, Z0=None, allow_
     rho = gamma ||A||_2 < 1 makes each row's map z -> relu(gamma A z + W x_i) a rho-contraction
     (ReLU is 1-Lipschitz): Z exists, is unique, and Z_k -> Z at rate rho. Z0 is projected onto
     a box that holds Z (never further from it). info["mask_certified"]: no pre-activation is
-    within its worst-case error of 0, so 1[H > 0] is exact. allow_ill_posed: rho >= 1,
-    uncertified (mask_certified False)."""
+    within its worst-case error of 0, so 1[H > 0] is exact; info["worst_case_bound"] bounds
+    ||Z - Z*||_F with no rounding model (error_bound, the stop rule's, rests on one).
+    allow_ill_posed: rho >= 1, uncertified (mask_certified False, worst_case_bound inf)."""
     (A, W, _), X, gamma, rho, tol, max_iter, Z0 = _forward_args(
         params, X, gamma, tol, max_iter, Z0, allow_ill_posed)
     Z, H, D, info = _equilibrium(A, W, X, gamma, rho, tol, max_iter, Z0)
-    certified = rho < 1 and _certify_forward(A, W, X, gamma, rho, Z, H, D)[1]
-    return Z, {**info, "mask_certified": certified}
+    eZ, certified = _certify_forward(A, W, X, gamma, rho, Z, H, D) if rho < 1 else (math.inf,
+                                                                                    False)
+    return Z, {**info, "mask_certified": certified, "worst_case_bound": eZ}
 
 # ---- the implicit gradient ----
 #

@@ -2474,3 +2474,271 @@ def test_widths_gives_its_table_alpha_and_training_outcomes():
     assert gd["N"] == 8 and (gd["outcome"] in ("reached", "stalled") or gd["outcome"].startswith(
         ("still converging at rate", "stalled (rate", "stopped:")))
     assert gd["rate_pl_theta"] >= gd["rate_pl_Z"]  # Theta - Z Z^T is PSD
+
+
+# ---- more certificate terms, each pinned by an input that exposes it ----
+
+
+def quarter_block(m=16):
+    """The block of slow_unit_block with v = 1/4 (max_i ||D_i v|| = 1): y = Z* v + 1e-6 = 40 +
+    1e-6 for one sample."""
+    params = Params(3.6 * np.eye(m), np.ones((m, 1)), np.full(m, 0.25))
+    return params, np.ones((1, 1)), np.array([40 + 1e-6])
+
+
+
+
+def test_pl_ratio_is_the_squared_gradient_over_twice_lambda_phi():
+    """Closed form on a hand-made history: 3^2 / (2 * 0.5 * 2) = 4.5 and 1 / (2 * 2 * 0.125) = 2."""
+    hist = {"train": ("A", "W", "v"), "loss": np.array([2.0, 0.125]),
+            "lambda_min": np.array([0.5, 2.0]), "grad_norm": np.array([3.0, 1.0])}
+    np.testing.assert_allclose(ig.pl_ratios(hist), [4.5, 2.0], rtol=1e-15)
+
+
+def test_lambda_min_keeps_a_singular_value_above_numpys_rank_tolerance():
+    """2 x 50, sigma = (1, 60 eps): above max(N, m) eps = 50 eps, so rank 2 for NumPy too, and
+    lambda_min = (60 eps)^2 (Z.size eps = 100 eps would call it 0)."""
+    rng = np.random.default_rng(0)
+    U = np.linalg.qr(rng.standard_normal((2, 2)))[0]
+    V = np.linalg.qr(rng.standard_normal((50, 2)))[0]
+    Z = U @ np.diag([1.0, 60 * EPS]) @ V.T
+    assert np.linalg.matrix_rank(Z) == 2
+    assert ig.lambda_min(Z) == pytest.approx((60 * EPS) ** 2, rel=1e-3, abs=0)
+
+
+def test_rho_exactly_one_is_not_well_posed():
+    """A 1 x 1 A and a gamma for which gamma * norm_bound(A) is exactly 1.0 in float64."""
+    for a in (0.5, 0.75, 1.0, 3.0):
+        nb = ig.norm_bound(np.array([[a]]))
+        gamma = 1.0 / nb
+        for g in (gamma, np.nextafter(gamma, 2), np.nextafter(gamma, 0)):
+            if g * nb == 1.0:
+                break
+        else:
+            continue
+        params = Params(np.array([[a]]), np.ones((1, 1)), np.ones(1))
+        with pytest.raises(ig.NotWellPosedError):
+            ig.equilibrium(params, np.ones((1, 1)), g)
+        return
+    pytest.skip("no exact product 1.0 found")
+
+
+def concentrating(m=16, rho=0.5, adjoint=False):
+    """gamma A = rho e_0 q^T (forward) or rho q e_0^T (adjoint), q = 1 / sqrt(m): ||gamma A|| =
+    rho, and the fixed point piles up in unit 0: z_0 = u_0 = 23 / 7 for m = 16, rho = 1/2, with
+    b = v = 1 (above the entrywise 1 / (1 - rho) = 2, below the row norm 4 / (1 - rho) = 8)."""
+    q = np.full(m, 1 / math.sqrt(m))
+    gA = rho * (np.outer(q, np.eye(m)[0]) if adjoint else np.outer(np.eye(m)[0], q))
+    return Params(gA / 0.25, np.ones((m, 1)), np.ones(m)), np.ones((3, 1))
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_warm_start_at_the_solution_is_not_clipped_entrywise(adjoint):
+    params, X = concentrating(adjoint=adjoint)
+    y = np.zeros(3)
+    Z = direct_equilibrium(params, X, 0.25, np.ones((3, 16)))  # all units on: b = 1 > 0
+    U = direct_U(params, X, 0.25, Z)
+    S = U if adjoint else Z
+    assert S[:, 0] == pytest.approx(23 / 7) and S[:, 0].min() > 2.0  # the trap
+    _, _, info = ig.loss_and_grad(params, X, y, 0.25, tol=1e-12, Z0=Z, U0=U, return_info=True)
+    assert info["adjoint" if adjoint else "forward"]["iterations"] <= 2
+
+
+def test_the_forward_warm_start_box_has_the_factor_one_over_one_minus_rho():
+    """A = (0.95 / gamma) I, b = 1 per unit: z* = 20 per entry, beyond ||relu(b_i)|| = 4."""
+    params = Params((0.95 / 0.25) * np.eye(16), np.ones((16, 1)), np.ones(16))
+    X = np.ones((2, 1))
+    Z = direct_equilibrium(params, X, 0.25, np.ones((2, 16)))
+    np.testing.assert_allclose(Z, 20.0, rtol=1e-14)
+    _, info = ig.equilibrium(params, X, 0.25, tol=1e-12, Z0=Z)
+    assert info["iterations"] <= 2
+
+
+def test_the_adjoint_error_is_scaled_by_the_largest_residual():
+    """Two samples through slow_unit_block: r_0 ~ 1e-6, r_1 = -1e4. U's error (a loose adjoint
+    solve) reaches dW through r_1: the bound needs max |r_i|, not min."""
+    params, X, y = quarter_block()
+    X, y = np.ones((2, 1)), np.array([y[0], 40 + 1e4])
+    for tol in (1e-3, 1e-4):
+        assert certified_or_refused(lambda: _info(params, X, y, 0.25, wrt=("W",), tol=tol),
+                                    params, X, y, 0.25, (1,)) is None
+
+
+def test_z_errors_times_a_large_residual_are_in_dv():
+    """slow_unit_block with a residual of 1e4: dv = Z^T r, so Z's error times ||r||."""
+    params, X, y = quarter_block()
+    y = np.array([40 + 1e4])
+    for tol in (1e-3, 1e-4):
+        assert certified_or_refused(lambda: _info(params, X, y, 0.25, wrt=("v",), tol=tol),
+                                    params, X, y, 0.25, (2,)) is None
+
+
+def test_the_cross_term_of_z_and_g_errors_is_in_da():
+    """Both solves loose at rho = 0.9 and monotone (errors of one sign): dA's error has the
+    cross term dG^T dZ."""
+    params, X, y = quarter_block()
+    y = np.array([40 + 1e4])
+    for tol in (0.1, 0.03, 0.01):
+        assert certified_or_refused(lambda: _info(params, X, y, 0.25, wrt=("A",), tol=tol),
+                                    params, X, y, 0.25, (0,)) is None
+
+
+def cancelling_rows(n=8):
+    """x = (x1, 1), w = (w1, -1) with x1 w1 in [1, 2) rounding by nearly half an ulp: every
+    entry of X W^T is fl(x1 w1) - 1, all with the same error, about u (Sterbenz: the
+    subtraction is exact)."""
+    rng = np.random.default_rng(1)
+    best = None
+    for _ in range(2000):
+        x1, w1 = 1 + rng.uniform(0, 1e-3, 2)
+        err = abs(Fraction(float(x1 * w1)) - Fraction(x1) * Fraction(w1))
+        if best is None or err > best[0]:
+            best = (err, x1, w1)
+    _, x1, w1 = best
+    X = np.tile([x1, 1.0], (n, 1))
+    W = np.tile([w1, -1.0], (n, 1))
+    return Params(np.zeros((n, n)), W, np.ones(n)), X
+
+
+def test_a_solves_rounding_counts_every_entry():
+    """A = 0, so Z = relu(fl(X W^T)): N m = 64 equal errors of ~u, ||Z - Z*||_F ~ 8 u, while
+    one entry's worst case is ~4u; dv = Z^T r with r ~ -1 shows it: dv's error is ~ 8u sqrt(N)."""
+    params, X = cancelling_rows()
+    B = X @ params.W.T
+    exact = Fraction(X[0, 0]) * Fraction(params.W[0, 0]) - 1
+    err = abs(Fraction(B[0, 0]) - exact)
+    if not (B == B[0, 0]).all() or err < 0.6 * 2.0**-53:
+        pytest.skip(f"this BLAS formed X W^T otherwise (entry error {float(err):.3g})")
+    y = np.ones(len(X))  # r = Z v - 1 ~ -1
+    assert certified_or_refused(lambda: _info(params, X, y, 0.5, wrt=("v",)),
+                                params, X, y, 0.5, (2,)) is None
+
+
+def test_a_mask_wrong_at_a_loose_tol_is_not_certified_at_small_rho():
+    """gamma A = [[0.05, 0], [-0.1, 0]] (rho ~ 0.11), b = (1, 0.1 / 0.95 - 1e-3): unit 2 is dead
+    (h2* = -1e-3 exactly, in fractions) but on after one sweep. Its pre-activation's error is
+    gamma |A (z_(k-1) - z*)| <= rho (delta + eZ): with rho < 1/2, delta is the larger part."""
+    gA = np.array([[0.05, 0.0], [-0.1, 0.0]])
+    b2 = 0.1 / 0.95 - 1e-3
+    params, X = Params(gA / 0.5, np.array([[1.0], [b2]]), np.ones(2)), np.array([[1.0]])
+    g = [[Fraction(0.5) * Fraction(t) for t in row] for row in params.A]
+    h2 = Fraction(b2) + g[1][0] / (1 - g[0][0])  # z1* = 1 / (1 - g_11), h2* = b2 + g_21 z1*
+    assert h2 < 0
+    wrong = 0
+    for tol in (0.3, 0.1, 0.03, 1e-3, 1e-6):
+        Z, info = ig.equilibrium(params, X, 0.5, tol=tol)
+        wrong += Z[0, 1] > 0
+        assert Z[0, 1] == 0 or not info["mask_certified"], tol
+    assert wrong > 0
+
+
+def slow_units_unit_v(m=16):
+    """slow_unit_block with v = 1: max_i ||D_i v|| = 4 (it is 1 in slow_unit_block)."""
+    params, X, _ = quarter_block(m)
+    return params._replace(v=np.ones(m)), X, np.array([10.0 * m + 1e-6])
+
+
+@pytest.mark.parametrize("wrt", ["W", "A"])
+def test_z_errors_reach_g_times_the_active_v_norm(wrt):
+    params, X, y = slow_units_unit_v()
+    for tol in (1e-3, 1e-4):
+        assert certified_or_refused(lambda: _info(params, X, y, 0.25, wrt=(wrt,), tol=tol),
+                                    params, X, y, 0.25, ("AWv".index(wrt),)) is None
+
+
+def test_dx_bound_scales_with_w_not_x():
+    """dX = G W: G's error reaches dX through ||W|| (= 4 here, ||X|| = 1); exact fractions."""
+    params, X, y = quarter_block()
+    y = np.array([40 + 1e4])
+    for tol in (1e-3, 1e-4):
+        Z, grads, info = _info(params, X, y, 0.25, tol=tol)
+        _, exact, own = exact_solution(params, X, y, 0.25, Z > 0)
+        assert own and info["mask_certified"]
+        assert exact_distance(info["dX"], exact[3]) <= info["dX_error_bound"], tol
+
+
+def lossy(n):
+    """a = (1, 2^-27, ...), b = (1, 0.99 2^-26, ...): each tiny product 0.99 u is below half an
+    ulp of a partial sum holding the 1, so a sum that adds it there loses it; OpenBLAS's lanes
+    lose about (n - 1) / 8 of them. The exact a . b = 1 + 0.99 (n - 1) u, in fractions."""
+    a, b = np.full(n, 2.0**-27), np.full(n, 0.99 * 2.0**-26)
+    a[0] = b[0] = 1.0
+    return a, b
+
+
+def lost(a, b, computed):
+    """(exact a . b - computed) / u, in fractions."""
+    return float(sum(Fraction(s) * Fraction(t) for s, t in zip(a, b)) - Fraction(computed)) / 2.0**-53
+
+
+@pytest.mark.parametrize("n", [256, 1024])
+def test_x_w_rounding_carries_g_of_d(n):
+    """d = n: X W^T loses ~n / 8 u; the worst case g(d) max ||x|| max ||w|| = n u covers it, a
+    g(sqrt d) = sqrt(n) u does not. Z's error reaches dv = Z^T r with r ~ 1."""
+    x, w = lossy(n)
+    X, W = np.tile(x, (2, 1)), np.stack([w, w])
+    if lost(x, w, (X @ W.T)[0, 0]) < 1.5 * math.sqrt(n):
+        pytest.skip("this BLAS kept the tiny products")
+    params, y = Params(np.zeros((2, 2)), W, np.ones(2)), np.zeros(2)
+    Z, grads, info = _info(params, X, y, 0.5, wrt=("v",))
+    _, exact, own = exact_solution(params, X, y, 0.5, Z > 0)
+    assert own and exact_distance(grads.v, exact[2]) <= info["grad_error_bound"]
+
+
+@pytest.mark.parametrize("wrt", ["v", "W"])
+def test_the_gradients_sums_over_n_carry_g_of_n(wrt):
+    """m = d = 1, A = 0, v = w = 1, N = 2^14 samples x = (1, 2^-27, ...): Z = x exactly, and y
+    makes r = (1, 0.99 2^-26, ...) exactly; dv = Z^T r and dW = G^T X = r^T x lose ~N / 36 u
+    (OpenBLAS's dot), beyond the other terms' ~2 sqrt(N) u."""
+    x, r = lossy(2**14)
+    y = x - r
+    assert all(Fraction(a) - Fraction(b) == Fraction(c) for a, b, c in zip(x, r, y))
+    if lost(x, r, x @ r) < 3 * 2**7:
+        pytest.skip("this BLAS kept the tiny products")
+    params, X = Params(np.zeros((1, 1)), np.ones((1, 1)), np.ones(1)), x[:, None]
+    Z, grads, info = _info(params, X, y, 0.5, wrt=(wrt,))
+    _, exact, own = exact_solution(params, X, y, 0.5, Z > 0)
+    i = "AWv".index(wrt)
+    assert own and exact_distance(grads[i], exact[i]) <= info["grad_error_bound"]
+
+
+def test_the_g_error_bound_is_tight_on_a_monotone_block_of_identical_samples():
+    """Four identical samples through slow_units_unit_v, y = Z* v + 1e-6: every error has one
+    sign, so the exact dW error comes within a few percent of the bound (seen: 0.99 of it);
+    a bound that sums ||D_i v|| over samples (Frobenius, 2 times larger here) would be half."""
+    params, X, y = slow_units_unit_v()
+    X, y = np.ones((4, 1)), np.repeat(y, 4)
+    Z, grads, info = _info(params, X, y, 0.25, wrt=("W",), tol=1e-4)
+    _, exact, own = exact_solution(params, X, y, 0.25, Z > 0)
+    err = exact_distance(grads.W, exact[1])
+    assert own and 0.75 * info["grad_error_bound"] <= err <= info["grad_error_bound"]
+
+
+def test_training_stops_when_the_refreshed_rho_is_exactly_one(monkeypatch):
+    """norm_bound replaced by a stub: 0.5 / gamma at the start, 1 / gamma at the refresh after
+    a step that moves A far: gamma ||A||_2 = 1 is not well-posed, training stops there."""
+    params, X, y = Params(np.zeros((2, 2)), np.ones((2, 1)), np.ones(2)), np.ones((1, 1)), [5.0]
+    calls = []
+    def stub(A):
+        calls.append(1)
+        return (0.5 if len(calls) == 1 else 1.0) / 0.25
+    monkeypatch.setattr(ig, "norm_bound", stub)
+    with pytest.raises(ig.TrainingError) as e:
+        ig.gradient_descent(params, X, y, 0.25, lr=1.0, steps=3)
+    assert e.value.reason == "ill-posed" and e.value.step == 1 and e.value.rho == 1.0
+
+
+def test_the_rounding_model_can_be_beaten_but_the_worst_case_bound_cannot():
+    """A = 0, d = 1024: fl(x . w) loses ~127 u an entry here (OpenBLAS adds the tiny products to
+    a partial sum holding the 1), beyond the stop rule's model sqrt(d) eps || |X| |W|^T ||:
+    error_bound is then below the exact error, as the README says it can be; worst_case_bound
+    (g(d) max ||x_i|| max ||w_j||, no model) is not."""
+    x, w = lossy(1024)
+    X, W = np.tile(x, (2, 1)), np.stack([w, w])
+    params = Params(np.zeros((2, 2)), W, np.ones(2))
+    Z, info = ig.equilibrium(params, X, 0.5)
+    exact_Z, _, own = exact_solution(params, X, np.zeros(2), 0.5, Z > 0)
+    err = exact_distance(Z, exact_Z)
+    assert own and info["certified"] and err <= info["worst_case_bound"]
+    if err <= info["error_bound"]:  # the trap needs a summation that loses the tiny products
+        pytest.skip(f"this BLAS summed x . w to within {err:.3g}: the model held")
