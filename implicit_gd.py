@@ -1089,7 +1089,8 @@ def format_widths(result):
              + "   m*/N"]
     for row in result["rows"]:
         lines.append(f"  {row['N']:>4d}  {row['lambda_0']:.2e}        " + "  ".join(
-            f"{v:>4.2f}" for v in row["ratio"]) + f"   {row['m_star_over_N'] or '>' + 'max'}")
+            f"{v:>4.2f}" for v in row["ratio"]) + "   " + (f"{row['m_star_over_N']:g}" if
+                                                             row["m_star_over_N"] else "> all"))
     lines += [result["verdict"], "", f"GD at m*(N), seed {result['seeds'][0]}, to "
               f"{result['target']:g} of the initial loss (rates per step; PL: 2 lr min_k "
               "lambda_min):", "     N     m  steps  observed  PL Z Z^T  PL Theta  outcome"]
@@ -1712,8 +1713,8 @@ def _parser():
     s.add_argument("--seeds", type=_integer, default=3, help="seeds per N (default 3)")
     s.add_argument("--plot", metavar="PATH", help="write the ratio against m / N, a curve per N "
                    "(needs matplotlib; exit 1 if it cannot be written)")
-    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 50 s "
-            "with one BLAS thread)")
+    s = add("bench", "cost of one loss + gradient against the GEMM-bound limit (about 25 s; "
+            "50 s with one BLAS thread)")
     s.add_argument("--n", type=_integer, default=1024, help="samples N (default 1024)")
     s.add_argument("--m", type=_integer, default=1024, help="width m (default 1024)")
     s.add_argument("--d", type=_integer, default=64, help="input dimension d (default 64)")
