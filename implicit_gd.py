@@ -1644,6 +1644,10 @@ def _cause(name, q, bad, cases, kinks):
             (other, q) in bad for other in cases if other not in kinks):
         return ("differs at a ReLU kink: this case has H_ij = 0 exactly, and the oracle uses "
                 "ReLU'(0) = 0")
+    others = [k for k in ("dA", "dW", "dX") if k != q and k in cases[name]]
+    formula = {"dA": "dA = gamma G^T Z", "dW": "dW = G^T X", "dX": "dX = G W"}.get(q)
+    if formula and others and not any((name, k) in bad for k in others):
+        return f"{' and '.join(others)} agree, so G does: {formula} differs"
     return (f"the forward pass agrees ({', '.join(forward)}), the backward differs" if forward
             else "the backward pass differs") + " (a ReLU kink here too)" * (name in kinks)
 
