@@ -1712,7 +1712,7 @@ def _parser():
     s.add_argument("--seeds", type=_integer, default=3, help="seeds per row (default 3)")
     s.add_argument("--steps", type=_integer, default=1500, help="GD steps per run (default 1500)")
     s = add("widths", "the title claim across N: lambda_min(Z0 Z0^T) / (m lambda_0) against m / N "
-            "for N = 16 to 256, alpha in m* ~ N^alpha, and GD beside both PL rates (about 40 s)")
+            "for N = 16 to 256, alpha in m* ~ N^alpha, and GD beside both PL rates (about 25 s)")
     s.add_argument("--d", type=_integer, default=16, help="input dimension d (default 16)")
     s.add_argument("--seeds", type=_integer, default=3, help="seeds per N (default 3)")
     s.add_argument("--plot", metavar="PATH", help="write the ratio against m / N, a curve per N "
@@ -1764,7 +1764,7 @@ def _verify_cli(args):
             unchecked.setdefault(key, []).append(name)
     for key, names in unchecked.items():
         print(f"not checked: {key}, absent from {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
-              f" ({len(names)} of {len(cases)} cases): the file predates it")
+              f" ({len(names)} of {len(cases)} cases): files before 0.3.0 lack it")
     print("".join(f"problem: {problem}\n" for problem in report["problems"]), end="")
     done, missing = len(canon["reproduced"]), canon["missing"]
     print(f"canonical cases reproduced: {done} of {done + len(missing)}" + "".join(
